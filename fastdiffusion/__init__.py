@@ -1,0 +1,17 @@
+"""fastdiffusion: diffusion models that are cheap to train and fast to sample.
+
+    import fastdiffusion as fd
+    model = fd.load_model("runs/demo")                       # a run dir, checkpoint dir or .safetensors file
+    x = fd.sample(model, torch.randn(16, *model.data_shape), sampler="heun", nfe=35)
+"""
+
+from .denoiser import Denoiser
+from .errors import UserError
+from .model import load_model, save_model
+from .processes import make_process
+from .sampling import generate, sample
+from .seeds import SeededNoise
+
+__version__ = "0.1.0"
+
+__all__ = ["Denoiser", "SeededNoise", "UserError", "generate", "load_model", "make_process", "sample", "save_model"]

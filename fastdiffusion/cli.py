@@ -1,0 +1,187 @@
+"""The ``fastdiffusion`` command: train | sample | info. Bad input ends in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _parse_kv(items: list[str] | None, flag: str) -> dict:
+    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}; values are read as JSON when they parse, else kept as strings."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _scalar_type(tp: object) -> type:
+    """The parser of a field annotated ``int``, ``float | None`` etc."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp  # type: ignore[return-value]
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .training.config import TrainConfig
+
+    p.add_argument("--preset", help="start from a named configuration (see `fastdiffusion info`)")
+    p.add_argument("--config", type=Path, help="start from a JSON config file (e.g. a run's config.json)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --run-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        if f.name.endswith("_options"):
+            p.add_argument(flag.removesuffix("ions"), dest=f.name, action="append", metavar="KEY=VALUE",
+                           help=f"override a {f.name.split('_')[0]} option (repeatable)")
+        elif tp is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(tp) is tuple:
+            p.add_argument(flag, dest=f.name, type=float, nargs=2, default=None)
+        else:
+            p.add_argument(flag, dest=f.name, type=_scalar_type(tp), default=None, help=f"default: {f.default}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training.config import PRESETS, TrainConfig, preset
+    from .training.loop import train
+
+    if args.config:
+        try:
+            cfg = TrainConfig.from_json(json.loads(args.config.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise UserError(f"--config {args.config}: not a readable training config ({e})") from None
+    else:
+        cfg = preset(args.preset) if args.preset else TrainConfig()
+    if args.preset and args.preset not in PRESETS:
+        raise UserError(f"unknown preset '{args.preset}'")
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    for name in ("process_options", "net_options"):
+        if name in overrides:
+            overrides[name] = {**getattr(cfg, name), **_parse_kv(overrides[name], "--" + name[:-4])}
+    if "adam_betas" in overrides:
+        overrides["adam_betas"] = tuple(overrides["adam_betas"])
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    ckpt = train(cfg, resume=args.resume, quiet=args.quiet)
+    run = Path(cfg.run_dir)
+    print(f"checkpoint: {ckpt}")
+    print(f"samples:    {run / 'samples.png'}")
+    print(f"loss curve: {run / 'loss.png'}")
+    print(f"log:        {run / 'log.jsonl'}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from .model import load_model
+    from .outputs import write_samples
+    from .sampling import generate
+    from .seeds import parse_seeds
+    from .training import distributed
+
+    d = distributed.setup(args.device)
+    model = load_model(args.model, ema=not args.raw, device=d.device)
+    seeds = parse_seeds(args.seeds)
+    hyper = _parse_kv(args.opt, "--opt")
+    with torch.autocast(d.device.type, torch.bfloat16, enabled=args.bf16):
+        x = generate(model, seeds, batch=args.batch, device=d.device, sampler=args.sampler, nfe=args.nfe,
+                     schedule=args.schedule, progress=not args.quiet, **hyper)
+    if d.is_main:
+        out = write_samples(x, args.out, seeds)
+        print(f"wrote {len(seeds)} samples ({args.sampler}, {args.nfe} NFE) to {out}")
+    distributed.teardown()
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import torch
+
+    from . import __version__
+    from .nets import PRESETS as NET_PRESETS
+    from .processes import PROCESS_NAMES
+    from .samplers import SAMPLERS, SCHEDULES
+    from .training.config import PRESETS
+
+    print(f"fastdiffusion {__version__}, torch {torch.__version__}, "
+          f"cuda {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
+    print("processes: " + ", ".join(PROCESS_NAMES))
+    print("samplers:")
+    for name, spec in sorted(SAMPLERS.items()):
+        hyper = ", ".join(f"{k}={v}" for k, v in spec.hyper.items())
+        print(f"  {name:<12} {spec.help}" + (f" [{hyper}]" if hyper else ""))
+    print("schedules: " + ", ".join(SCHEDULES))
+    print("networks: " + ", ".join(NET_PRESETS))
+    print("training presets: " + ", ".join(PRESETS))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .samplers import SAMPLERS, SCHEDULES
+
+    parser = argparse.ArgumentParser(prog="fastdiffusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model", description="Train a diffusion model. Every config field "
+                       "has a flag; --preset or --config sets the starting point.")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate samples from a trained model",
+                       description="Generate samples. Image i depends only on seed i (any batch size, any GPU count).")
+    p.add_argument("model", help="a run directory (newest checkpoint), a checkpoint directory or a .safetensors file")
+    p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
+    p.add_argument("--nfe", type=_positive_int, default=35, help="network calls per sample (default 35)")
+    p.add_argument("--schedule", choices=list(SCHEDULES), help="noise-level schedule (default: the sampler's)")
+    p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9 (default 0-63)")
+    p.add_argument("--batch", type=_positive_int, default=256)
+    p.add_argument("--out", default="samples.png", help=".png grid, .npz array, or a folder (one PNG per seed)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. churn=10")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("info", help="versions, device, processes, samplers, networks, presets")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"fastdiffusion {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Build, save and load a ``Denoiser`` from its JSON description (process config, network config, data shape)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import list_checkpoints, read_weights, save_weights, state_dict_cpu
+from .denoiser import Denoiser
+from .errors import UserError
+from .nets import build_net
+from .processes import process_from_config
+
+
+def model_meta(model: Denoiser) -> dict:
+    return {"process": model.process.config(), "net": model.net_config, "data_shape": list(model.data_shape)}
+
+
+def build_model(meta: dict) -> Denoiser:
+    """A fresh ``Denoiser`` from ``model_meta``-style JSON."""
+    try:
+        process = process_from_config(meta["process"])
+        net = build_net(**meta["net"])
+        return Denoiser(net, process, meta["net"], tuple(meta["data_shape"]))
+    except KeyError as e:
+        raise UserError(f"model description lacks {e}: not a fastdiffusion model file") from None
+
+
+def save_model(model: Denoiser, path: str | Path) -> None:
+    """Weights of ``model.net`` in safetensors with the JSON description as metadata: one self-contained file."""
+    save_weights(Path(path), state_dict_cpu(model.net), model_meta(model))
+
+
+def resolve_model_file(path: str | Path, ema: bool = True) -> Path:
+    """A run directory -> its newest checkpoint; a checkpoint directory -> its ema/model file; a file -> itself."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such model, checkpoint or run directory")
+    if path.is_dir():
+        ckpts = list_checkpoints(path)
+        ckpt = ckpts[0] if ckpts else path
+        path = ckpt / ("ema.safetensors" if ema else "model.safetensors")
+        if not path.is_file():
+            raise UserError(f"{ckpt}: holds no checkpoint ({path.name} missing); train first or name a model file")
+    return path
+
+
+def load_model(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> Denoiser:
+    """Load a model from a ``.safetensors`` file, a checkpoint directory or a run directory (newest checkpoint).
+
+    No pickle is involved: the file holds tensors and JSON only.
+    """
+    file = resolve_model_file(path, ema)
+    tensors, meta = read_weights(file)
+    model = build_model(meta)
+    try:
+        model.net.load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"{file}: weights do not match the network it describes ({first})") from None
+    return model.to(device).eval()

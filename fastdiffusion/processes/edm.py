@@ -1,0 +1,143 @@
+"""The EDM family of processes: EDM, VP and VE (Karras et al. 2022, Table 1), in sigma-space.
+
+All three share the kernel form ``x = s(sigma) (x_0 + sigma n)`` and differ only in how training draws sigma, the loss
+weight and the preconditioning. Default constants are EDM's (NVlabs/edm ``training/networks.py`` / ``loss.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from .base import Precond
+
+
+def _device(generator: torch.Generator | None) -> torch.device | None:
+    return None if generator is None else generator.device
+
+
+def _rand(n: int, generator: torch.Generator | None) -> Tensor:
+    return torch.rand(n, generator=generator, dtype=torch.float64, device=_device(generator))
+
+
+@dataclass
+class EDM:
+    """EDM: ln sigma ~ N(P_mean, P_std^2); lambda = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2;
+    c_skip = sigma_d^2/(sigma^2+sigma_d^2), c_out = sigma sigma_d / sqrt(sigma^2+sigma_d^2),
+    c_in = 1/sqrt(sigma^2+sigma_d^2), c_noise = ln(sigma)/4."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    name: str = "edm"
+
+    def config(self) -> dict:
+        return asdict(self)
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        normal = torch.randn(n, generator=generator, dtype=torch.float64, device=_device(generator))
+        return (normal * self.P_std + self.P_mean).exp()
+
+    def loss_weight(self, sigma: Tensor, step: int = 0) -> Tensor:
+        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+
+    def precond(self, sigma: Tensor) -> Precond:
+        sd2 = self.sigma_data**2
+        norm = (sigma**2 + sd2).sqrt()
+        return Precond(
+            c_skip=sd2 / (sigma**2 + sd2),
+            c_out=sigma * self.sigma_data / norm,
+            c_in=1 / norm,
+            c_noise=sigma.log() / 4,
+        )
+
+    def scale(self, sigma: Tensor) -> Tensor:
+        return torch.ones_like(sigma)
+
+    def sampling_range(self) -> tuple[float, float]:
+        return max(self.sigma_min, 0.002), min(self.sigma_max, 80.0)
+
+
+@dataclass
+class VP:
+    """VP (Song et al. 2021) in EDM's form: sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1), t ~ U(eps_t, 1);
+    lambda = 1/sigma^2; c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2+1), c_noise = (M-1) t(sigma)."""
+
+    beta_d: float = 19.9
+    beta_min: float = 0.1
+    M: int = 1000
+    epsilon_t: float = 1e-5
+    name: str = "vp"
+
+    def __post_init__(self) -> None:
+        self.sigma_min = float(self.sigma(torch.tensor(self.epsilon_t, dtype=torch.float64)))
+        self.sigma_max = float(self.sigma(torch.tensor(1.0, dtype=torch.float64)))
+
+    def config(self) -> dict:
+        return {k: getattr(self, k) for k in ("beta_d", "beta_min", "M", "epsilon_t", "name")}
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return ((0.5 * self.beta_d * t**2 + self.beta_min * t).exp() - 1).sqrt()
+
+    def sigma_inv(self, sigma: Tensor) -> Tensor:
+        """t(sigma) = (sqrt(beta_min^2 + 2 beta_d ln(1 + sigma^2)) - beta_min) / beta_d."""
+        return ((self.beta_min**2 + 2 * self.beta_d * (1 + sigma**2).log()).sqrt() - self.beta_min) / self.beta_d
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        t = 1 + _rand(n, generator) * (self.epsilon_t - 1)
+        return self.sigma(t)
+
+    def loss_weight(self, sigma: Tensor, step: int = 0) -> Tensor:
+        return 1 / sigma**2
+
+    def precond(self, sigma: Tensor) -> Precond:
+        return Precond(
+            c_skip=torch.ones_like(sigma),
+            c_out=-sigma,
+            c_in=1 / (sigma**2 + 1).sqrt(),
+            c_noise=(self.M - 1) * self.sigma_inv(sigma),
+        )
+
+    def scale(self, sigma: Tensor) -> Tensor:
+        return 1 / (1 + sigma**2).sqrt()
+
+    def sampling_range(self) -> tuple[float, float]:
+        return max(self.sigma_min, 0.002), min(self.sigma_max, 80.0)
+
+
+@dataclass
+class VE:
+    """VE (Song et al. 2021) in EDM's form: sigma = sigma_min (sigma_max/sigma_min)^u, u ~ U(0, 1);
+    lambda = 1/sigma^2; c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma/2)."""
+
+    sigma_min: float = 0.02
+    sigma_max: float = 100.0
+    name: str = "ve"
+
+    def config(self) -> dict:
+        return asdict(self)
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** _rand(n, generator)
+
+    def loss_weight(self, sigma: Tensor, step: int = 0) -> Tensor:
+        return 1 / sigma**2
+
+    def precond(self, sigma: Tensor) -> Precond:
+        return Precond(
+            c_skip=torch.ones_like(sigma),
+            c_out=sigma,
+            c_in=torch.ones_like(sigma),
+            c_noise=(sigma / 2).log(),
+        )
+
+    def scale(self, sigma: Tensor) -> Tensor:
+        return torch.ones_like(sigma)
+
+    def sampling_range(self) -> tuple[float, float]:
+        return max(self.sigma_min, 0.002), min(self.sigma_max, 80.0)
+

@@ -1,0 +1,10 @@
+"""Samplers: plain functions with one signature, looked up by name through ``get_sampler``.
+
+Each sampler module registers its samplers when imported; importing this package imports them all.
+"""
+
+from . import classic  # noqa: F401  (registers euler, heun)
+from .registry import SAMPLERS, SamplerSpec, get_sampler, one_call_per_step, register
+from .schedules import SCHEDULES, make_sigmas
+
+__all__ = ["SAMPLERS", "SCHEDULES", "SamplerSpec", "get_sampler", "make_sigmas", "one_call_per_step", "register"]

@@ -1,0 +1,104 @@
+"""``fastdiffusion.sample``: the one entry point from noise to data for any model and any sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .samplers import get_sampler, make_sigmas
+
+# EDM's default sampling range, used for bare callables that do not say their own.
+DEFAULT_RANGE = (0.002, 80.0)
+
+
+class CountingDenoiser:
+    """Wraps ``D(x, sigma)``: passes sigma as a per-row tensor (the EDM / k-diffusion convention), counts calls."""
+
+    def __init__(self, model: Callable, class_labels: Tensor | None = None, progress: tqdm | None = None) -> None:
+        self.model, self.class_labels, self.progress, self.calls = model, class_labels, progress, 0
+
+    def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        self.calls += 1
+        if self.progress is not None:
+            self.progress.update(1)
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+        if self.class_labels is None:
+            return self.model(x, sigma).to(x.dtype)
+        return self.model(x, sigma, self.class_labels).to(x.dtype)
+
+
+def sampling_range(model: Callable) -> tuple[float, float]:
+    """The model's process range if it has one, else its ``sigma_min``/``sigma_max`` clipped to EDM's defaults."""
+    process = getattr(model, "process", None)
+    if process is not None:
+        return process.sampling_range()
+    lo = max(float(getattr(model, "sigma_min", DEFAULT_RANGE[0])), DEFAULT_RANGE[0])
+    hi = min(float(getattr(model, "sigma_max", DEFAULT_RANGE[1])), DEFAULT_RANGE[1])
+    return lo, hi
+
+
+def sample(model: Callable, noise: Tensor, *, sampler: str = "heun", nfe: int = 35, schedule: str | None = None,
+           sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
+           class_labels: Tensor | None = None, noise_fn: Callable[[Tensor], Tensor] | None = None,
+           callback: Callable[[dict], None] | None = None, progress: bool = False, **hyper: Any) -> Tensor:
+    """Generate data from standard-normal ``noise`` with exactly ``nfe`` calls of ``model``.
+
+    ``model`` is a ``Denoiser`` (its process sets the sigma range) or any callable ``D(x, sigma[, labels])`` returning
+    the denoised ``x_0`` estimate. The state is kept in fp32 whatever precision the model runs in. ``noise_fn`` draws
+    the fresh noise of stochastic samplers (pass ``SeededNoise(seeds)`` for per-image reproducibility).
+    """
+    spec = get_sampler(sampler)
+    if nfe < 1:
+        raise UserError(f"--nfe must be >= 1, got {nfe}")
+    unknown = set(hyper) - set(spec.hyper)
+    if unknown:
+        raise UserError(f"sampler '{sampler}' has no option {', '.join(sorted(unknown))}; it takes "
+                        f"{', '.join(spec.hyper) or 'none'}")
+    lo, hi = sampling_range(model)
+    sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho)
+    bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE", disable=not progress, leave=False)
+    den = CountingDenoiser(model, class_labels, bar)
+    x = noise.float() * sigmas[0].float()
+    x = spec.fn(den, x, sigmas.to(x.device), noise=noise_fn, callback=callback, **{**spec.hyper, **hyper})
+    bar.close()
+    if den.calls != nfe:
+        raise RuntimeError(f"sampler '{sampler}' made {den.calls} network calls, not the {nfe} it reports")
+    return x
+
+
+def generate(model: Callable, seeds: list[int], *, data_shape: tuple[int, ...] | None = None, batch: int = 256,
+             device: str | torch.device = "cpu", progress: bool = True, **sample_kwargs: Any) -> Tensor:
+    """Samples for ``seeds`` in batches of ``batch``; image ``i`` depends only on ``seeds[i]``, never on the batching.
+
+    Under torchrun each rank generates ``seeds[rank::world]`` and the results are gathered in seed order.
+    """
+    import torch.distributed as dist
+
+    from .seeds import SeededNoise
+
+    shape = tuple(data_shape or getattr(model, "data_shape", ()))
+    if not shape:
+        raise UserError("the model does not say its data shape: pass data_shape=(C, H, W)")
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = seeds[rank::world]
+    chunks = [mine[i:i + batch] for i in range(0, len(mine), batch)]
+    out = []
+    for chunk in tqdm(chunks, desc="generate", disable=not progress or rank != 0):
+        noise = SeededNoise(chunk)
+        out.append(sample(model, noise.randn(shape, device), noise_fn=noise, **sample_kwargs).cpu())
+    local = torch.cat(out) if out else torch.empty((0, *shape))
+    if world == 1:
+        return local
+    parts: list[Tensor] = [None] * world  # type: ignore[list-item]
+    dist.all_gather_object(parts, local)
+    result = torch.empty((len(seeds), *shape))
+    for r, part in enumerate(parts):
+        result[r::world] = part
+    return result
