@@ -99,15 +99,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from .model import load_model
-    from .outputs import write_samples
-    from .sampling import generate
+    from .outputs import output_kind, write_samples
+    from .sampling import check_sampler_args, generate
     from .seeds import parse_seeds
     from .training import distributed
 
-    d = distributed.setup(args.device)
-    model = load_model(args.model, ema=not args.raw, device=d.device)
     seeds = parse_seeds(args.seeds)
     hyper = _parse_kv(args.opt, "--opt")
+    check_sampler_args(args.sampler, args.nfe, hyper)
+    output_kind(args.out)
+    d = distributed.setup(args.device)
+    model = load_model(args.model, ema=not args.raw, device=d.device)
     with torch.autocast(d.device.type, torch.bfloat16, enabled=args.bf16):
         x = generate(model, seeds, batch=args.batch, device=d.device, sampler=args.sampler, nfe=args.nfe,
                      schedule=args.schedule, progress=not args.quiet, **hyper)

@@ -15,21 +15,30 @@ from .errors import UserError
 from .plots import save_samples, to_uint8
 
 
+def output_kind(out: str | Path) -> str:
+    """'png', 'npz' or 'folder' by the name's suffix; any other suffix is a UserError (checked before sampling)."""
+    suffix = Path(out).suffix
+    if suffix in (".png", ".npz"):
+        return suffix[1:]
+    if suffix:
+        raise UserError(f"--out {out}: use a .png grid, an .npz file or a folder name")
+    return "folder"
+
+
 def write_samples(x: Tensor, out: str | Path, seeds: Sequence[int]) -> Path:
     """``out`` ending in .png -> grid (or scatter plot for points); .npz -> array 'samples' (uint8 NHWC for images,
     float32 for points) plus 'seeds'; anything else -> a folder with one PNG per image named by its seed."""
     out = Path(out)
-    if out.suffix == ".png":
+    kind = output_kind(out)
+    if kind == "png":
         out.parent.mkdir(parents=True, exist_ok=True)
         save_samples(x, out)
-    elif out.suffix == ".npz":
+    elif kind == "npz":
         out.parent.mkdir(parents=True, exist_ok=True)
         arr = to_uint8(x) if x.ndim == 4 else x.detach().float().cpu().numpy()
         buf = io.BytesIO()
         np.savez(buf, samples=arr, seeds=np.asarray(seeds, dtype=np.int64))
         atomic_write_bytes(out, buf.getvalue())
-    elif out.suffix:
-        raise UserError(f"--out {out}: use a .png grid, an .npz file or a folder name")
     else:
         if x.ndim != 4:
             raise UserError(f"--out {out}: points cannot be written as image files; use .npz or .png")

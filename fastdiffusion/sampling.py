@@ -10,7 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .samplers import get_sampler, make_sigmas
+from .samplers import SamplerSpec, get_sampler, make_sigmas
 
 # EDM's default sampling range, used for bare callables that do not say their own.
 DEFAULT_RANGE = (0.002, 80.0)
@@ -42,6 +42,19 @@ def sampling_range(model: Callable) -> tuple[float, float]:
     return lo, hi
 
 
+def check_sampler_args(sampler: str, nfe: int, hyper: dict) -> SamplerSpec:
+    """The sampler's spec, after checking that it can make exactly ``nfe`` calls and takes every option in ``hyper``."""
+    spec = get_sampler(sampler)
+    if nfe < 1:
+        raise UserError(f"--nfe must be >= 1, got {nfe}")
+    spec.steps(nfe)
+    unknown = set(hyper) - set(spec.hyper)
+    if unknown:
+        raise UserError(f"sampler '{sampler}' has no option {', '.join(sorted(unknown))}; it takes "
+                        f"{', '.join(spec.hyper) or 'none'}")
+    return spec
+
+
 def sample(model: Callable, noise: Tensor, *, sampler: str = "heun", nfe: int = 35, schedule: str | None = None,
            sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
            class_labels: Tensor | None = None, noise_fn: Callable[[Tensor], Tensor] | None = None,
@@ -52,13 +65,7 @@ def sample(model: Callable, noise: Tensor, *, sampler: str = "heun", nfe: int = 
     the denoised ``x_0`` estimate. The state is kept in fp32 whatever precision the model runs in. ``noise_fn`` draws
     the fresh noise of stochastic samplers (pass ``SeededNoise(seeds)`` for per-image reproducibility).
     """
-    spec = get_sampler(sampler)
-    if nfe < 1:
-        raise UserError(f"--nfe must be >= 1, got {nfe}")
-    unknown = set(hyper) - set(spec.hyper)
-    if unknown:
-        raise UserError(f"sampler '{sampler}' has no option {', '.join(sorted(unknown))}; it takes "
-                        f"{', '.join(spec.hyper) or 'none'}")
+    spec = check_sampler_args(sampler, nfe, hyper)
     lo, hi = sampling_range(model)
     sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho)
     bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE", disable=not progress, leave=False)

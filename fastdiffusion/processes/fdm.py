@@ -10,8 +10,9 @@ process's noise levels, target, c_skip, c_out and c_noise and changes two things
    ``k < warmup_ite``, and no clamp afterwards.
 
 Two defects of the reference code are fixed here: its VE variant ignores the multiplier ``m`` (we always use it), and
-its clamp lives on the loss object and restarts on resume (here it is a pure function of the step, which the
-checkpoint stores).
+its clamp lives on the loss object and restarts on resume (here it is a pure function of the optimiser step, which the
+checkpoint stores). The reference counts per-GPU loss calls; we count optimiser steps, which is the same without
+gradient accumulation and keeps accumulation from changing the result.
 """
 
 from __future__ import annotations

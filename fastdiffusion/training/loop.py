@@ -204,7 +204,7 @@ class Trainer:
 
     def _clamp(self) -> float | None:
         clamp = getattr(self.process, "loss_clamp", None)
-        value = clamp(self.step * self.cfg.accum) if clamp else None
+        value = clamp(self.step) if clamp else None
         return value if value is None or value != float("inf") else None
 
     def write_grid(self, path: Path) -> None:
@@ -229,7 +229,7 @@ class Trainer:
             sync = j == cfg.accum - 1 or world == 1
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
             with ctx, torch.autocast(self.dist.device.type, torch.bfloat16, enabled=self.bf16):
-                loss = denoising_loss(self.ddp, part, self.process, self.step * cfg.accum + j)
+                loss = denoising_loss(self.ddp, part, self.process, self.step)
             (loss / cfg.accum).backward()
             total += loss.detach() / cfg.accum
         if cfg.grad_clip:

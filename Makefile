@@ -1,0 +1,33 @@
+# `make demo` and `make test` each build their own virtual environment (.venv) on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[test]"
+	# Reference samplers for tests: k-diffusion is loaded without its heavy package __init__ (see tests/).
+	$(BIN)/python -m pip install -q torchdiffeq torchsde
+	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/fastdiffusion train --preset demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check fastdiffusion tests
+	$(BIN)/python -m pytest -q -n 2 --durations=10
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check fastdiffusion tests
+
+clean:
+	rm -rf $(VENV) runs

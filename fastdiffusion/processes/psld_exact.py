@@ -1,0 +1,106 @@
+"""Exact PSLD scores of Gaussian-mixture data, and the exact PF-ODE solution, for testing and benchmarking samplers.
+
+With data p(x₀) = Σ_k w_k N(μ_k, diag v_k) and m₀ ~ N(0, γM) (HSM), every (x, m) pair d of z_t is, given component
+k, Gaussian with
+
+    mean  a_t μ_kd,   cov  C_kd(t) = v_kd a_t a_tᵀ + Σ(t),   a_t = μ(t) e_x (the x column of the kernel mean),
+
+so p_t(z) = Σ_k w_k Π_d N₂(z_d; a_t μ_kd, C_kd(t)) and, with responsibilities r_k(z) ∝ w_k Π_d N₂(...),
+
+    ∇_{z_d} log p_t(z) = −Σ_k r_k(z) C_kd⁻¹ (z_d − a_t μ_kd),    ε*(z, t) = −L_tᵀ ∇ log p_t(z).
+
+Arithmetic is float64 throughout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.gmm import GaussianMixture
+from .psld import PSLD, apply_block, join, split
+
+_CHUNK_ELEMENTS = 1 << 21
+
+
+class PSLDMixtureEps:
+    """The exact ε-network ``eps(z, t)`` of PSLD for Gaussian-mixture data; knows its ``process`` like a model.
+
+    ``z`` is (N, 2D) (or (N, 2C, H, W) with C·H·W = D), ``t`` a scalar or one time per row.
+    """
+
+    def __init__(self, mixture: GaussianMixture, process: PSLD) -> None:
+        self.mixture, self.process = mixture, process
+
+    def _moments(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Per-row (a_x, a_m) and the HSM Σ entries (xx, xm, mm), each (n, 1, 1) to broadcast over (n, K, D)."""
+        a = self.process.kernel_mean_matrix(t)[..., :, 0]
+        cov = self.process.kernel_cov(t)
+        return tuple(v.reshape(-1, 1, 1) for v in (a[..., 0], a[..., 1], cov[..., 0, 0], cov[..., 0, 1],
+                                                    cov[..., 1, 1]))
+
+    def log_terms_and_score(self, x: Tensor, m: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log w_k Π_d N₂, shape (n, K)) and the per-component score terms −C⁻¹(z − mean), each (n, K, D)."""
+        ax, am, sxx, sxm, smm = self._moments(t)
+        mu, var = self.mixture.means[None], self.mixture.variances[None]
+        cxx, cxm, cmm = var * ax**2 + sxx, var * ax * am + sxm, var * am**2 + smm
+        det = cxx * cmm - cxm**2
+        dx, dm = x[:, None] - ax * mu, m[:, None] - am * mu
+        gx, gm = -(cmm * dx - cxm * dm) / det, -(cxx * dm - cxm * dx) / det
+        quad = -(dx * gx + dm * gm)
+        log_n = -0.5 * (quad + det.log() + 2 * math.log(2 * math.pi)).sum(-1)
+        return self.mixture.weights.log()[None] + log_n, gx, gm
+
+    def score(self, z: Tensor, t: Tensor | float) -> Tensor:
+        """∇_z log p_t(z), same shape and dtype as ``z``."""
+        n = z.shape[0]
+        x, m = (v.reshape(n, -1).double().cpu() for v in split(z))
+        tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(n)
+        rows = max(1, _CHUNK_ELEMENTS // (self.mixture.n_components * self.mixture.dim))
+        out_x, out_m = [], []
+        for lo in range(0, n, rows):
+            sl = slice(lo, lo + rows)
+            log_terms, gx, gm = self.log_terms_and_score(x[sl], m[sl], tt[sl])
+            r = torch.softmax(log_terms, dim=1)[..., None]
+            out_x.append((r * gx).sum(1))
+            out_m.append((r * gm).sum(1))
+        sx, sm = torch.cat(out_x), torch.cat(out_m)
+        xs, _ = split(z)
+        return join(sx.reshape(xs.shape), sm.reshape(xs.shape)).to(z)
+
+    def log_prob(self, z: Tensor, t: Tensor | float) -> Tensor:
+        """log p_t(z), shape (N,); differentiable in z (used to check the score by autograd)."""
+        n = z.shape[0]
+        x, m = (v.reshape(n, -1).double() for v in split(z))
+        tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(n)
+        return torch.logsumexp(self.log_terms_and_score(x, m, tt)[0], dim=1)
+
+    @torch.no_grad()
+    def __call__(self, z: Tensor, t: Tensor | float) -> Tensor:
+        """ε*(z, t) = −L_tᵀ ∇ log p_t(z)."""
+        chol_t = self.process.kernel_chol(torch.as_tensor(t, dtype=torch.float64).cpu()).transpose(-1, -2)
+        return apply_block(-chol_t, self.score(z, t))
+
+
+def pf_ode_solution(eps_model, z: Tensor, t_start: float, t_end: float, rtol: float = 1e-10,
+                    atol: float = 1e-10) -> Tensor:
+    """z(t_end) of the PSLD PF-ODE dz/dt = F z + K ε(z, t) from z(t_start) = z, by float64 DOP853 (scipy) in the
+    variable u = ln t (which tames the stiffness of the m-equation near t = 0)."""
+    from scipy.integrate import solve_ivp
+
+    process = eps_model.process
+    shape = z.shape
+
+    def rhs(u: float, flat: np.ndarray) -> np.ndarray:
+        t = math.exp(u)
+        zz = torch.from_numpy(flat).reshape(shape)
+        return (t * process.pf_ode_drift(zz, eps_model(zz, t), t)).reshape(-1).numpy()
+
+    sol = solve_ivp(rhs, (math.log(t_start), math.log(t_end)), z.double().reshape(-1).numpy(), method="DOP853",
+                    rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"PF-ODE integration failed: {sol.message}")
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape)

@@ -1,0 +1,82 @@
+"""The CLI end to end on tiny data, and one-line errors with exit code 2 for bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastdiffusion.cli import build_parser, main
+
+TINY = ["--data", "digits", "--net", "ddpmpp-tiny", "--batch", "16", "--steps", "4", "--ckpt-every", "4",
+        "--grid-images", "4", "--grid-nfe", "3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--run-dir", str(run), *TINY]) == 0
+    return run
+
+
+def test_help_on_every_subcommand():
+    for cmd in [[], ["train"], ["sample"], ["info"]]:
+        proc = subprocess.run([sys.executable, "-m", "fastdiffusion.cli", *cmd, "--help"], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0 and "usage: fastdiffusion" in proc.stdout
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    assert {"train", "sample", "info"} <= set(subcommands)
+
+
+def test_train_writes_run_directory(run_dir):
+    for name in ("config.json", "log.jsonl", "samples.png", "loss.png", "ckpt-00000004/ema.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert Image.open(run_dir / "samples.png").size[0] >= 64
+
+
+def test_sample_outputs_and_batch_independence(run_dir, tmp_path):
+    npz_a, npz_b = tmp_path / "a.npz", tmp_path / "b.npz"
+    args = ["sample", str(run_dir), "--sampler", "heun", "--nfe", "5", "--seeds", "0-5", "--quiet",
+            "--opt", "churn=5"]
+    assert main([*args, "--batch", "2", "--out", str(npz_a)]) == 0
+    assert main([*args, "--batch", "6", "--out", str(npz_b)]) == 0
+    a, b = np.load(npz_a), np.load(npz_b)
+    assert a["samples"].shape == (6, 8, 8, 1) and a["samples"].dtype == np.uint8
+    assert np.array_equal(a["samples"], b["samples"]) and list(a["seeds"]) == list(range(6))
+    assert main(["sample", str(run_dir), "--nfe", "3", "--seeds", "3,7", "--out", str(tmp_path / "imgs"),
+                 "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["000003.png", "000007.png"]
+    assert main(["sample", str(run_dir / "ckpt-00000004" / "model.safetensors"), "--sampler", "euler", "--nfe", "4",
+                 "--seeds", "0-3", "--out", str(tmp_path / "grid.png"), "--quiet"]) == 0
+    assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["train", "--data", "/nonexistent/images", "--run-dir", "{tmp}/x", "--quiet"], "/nonexistent/images"),
+    (["train", "--net", "resnet-9000", "--run-dir", "{tmp}/x", "--quiet"], "resnet-9000"),
+    (["train", "--process", "ddpm", "--run-dir", "{tmp}/x", "--quiet"], "unknown process 'ddpm'"),
+    (["train", "--batch", "10", "--accum", "3", "--run-dir", "{tmp}/x", "--quiet"], "--accum"),
+    (["train", "--preset", "nope", "--run-dir", "{tmp}/x"], "unknown preset 'nope'"),
+    (["train", "--net-opt", "dropout", "--run-dir", "{tmp}/x"], "KEY=VALUE"),
+    (["sample", "{tmp}/missing"], "no such model"),
+    (["sample", "{run}", "--nfe", "10"], "odd --nfe"),
+    (["sample", "{run}", "--seeds", "a-b"], "--seeds"),
+    (["sample", "{run}", "--out", "{tmp}/x.jpg", "--nfe", "3", "--seeds", "0"], ".png grid"),
+    (["sample", "{run}", "--opt", "lam=1", "--nfe", "3"], "no option lam"),
+])
+def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, argv, needle):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir)) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "fastdiffusion.cli", *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_corrupt_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    proc = subprocess.run([sys.executable, "-m", "fastdiffusion.cli", "sample", str(bad)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and str(bad) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastdiffusion.errors import UserError
+from fastdiffusion.nets import ARCHS, MLP, PRESETS, SongUNet, build_net, net_config
+
+# Small builds of every preset: the CIFAR-10 presets keep their structure (embedding, encoder, filter) at width 16.
+SMALL = {
+    "ddpmpp-cifar10": dict(in_channels=3, img_resolution=8, model_channels=16),
+    "ncsnpp-cifar10": dict(in_channels=3, img_resolution=8, model_channels=16),
+    "ddpmpp-small": dict(in_channels=1, img_resolution=16, attn_resolutions=[4]),
+    "ddpmpp-tiny": dict(in_channels=1, img_resolution=16),
+    "mlp": dict(in_channels=2, width=64, num_blocks=2),
+}
+
+
+def _inputs(net: torch.nn.Module, n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, net.in_channels) if isinstance(net, MLP) else (n, net.in_channels, net.img_resolution, net.img_resolution)
+    return torch.randn(shape, generator=g), torch.randn(n, generator=g)
+
+
+def _perturb(net: torch.nn.Module, scale: float = 0.05, seed: int = 1) -> torch.nn.Module:
+    """Move the near-zero-initialised output layers away from zero so the output depends on every input."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return net
+
+
+def _count(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_every_preset_is_tested() -> None:
+    assert set(SMALL) == set(PRESETS)
+
+
+def test_cifar10_parameter_counts() -> None:
+    # Built on the meta device: the count needs shapes only, not 56M initialised weights.
+    with torch.device("meta"):
+        ddpmpp = build_net("ddpmpp-cifar10", in_channels=3)
+        ncsnpp = build_net("ncsnpp-cifar10", in_channels=3)
+    assert _count(ddpmpp) == pytest.approx(55.73e6, rel=0.01)  # EDM, Table 7: 55.73M
+    assert _count(ncsnpp) == pytest.approx(56.38e6, rel=0.01)  # EDM, Table 7: 56.38M (VE / NCSN++)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_output_shape_and_dtype(preset: str) -> None:
+    torch.manual_seed(0)
+    net = build_net(preset, **SMALL[preset])
+    x, c = _inputs(net)
+    y = net(x, c)
+    assert y.shape == x.shape
+    assert y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    # EDM-style init: the last layer of every residual branch and the output layer start at (almost) zero.
+    assert y.abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("preset", ["ddpmpp-tiny", "ncsnpp-cifar10", "mlp"])
+def test_noise_labels_change_output(preset: str) -> None:
+    torch.manual_seed(0)
+    net = _perturb(build_net(preset, **SMALL[preset], dropout=0.0)).eval()
+    x, _ = _inputs(net)
+    y0 = net(x, torch.full((2,), -1.0))
+    y1 = net(x, torch.full((2,), 1.0))
+    assert (y0 - y1).abs().max() > 1e-3
+    # A scalar noise label is broadcast over the batch.
+    torch.testing.assert_close(net(x, torch.tensor(1.0)), y1)
+
+
+def test_training_steps_reduce_loss_and_reach_every_parameter() -> None:
+    torch.manual_seed(0)
+    net = build_net("ddpmpp-tiny", in_channels=1, img_resolution=8)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    x, c = _inputs(net, n=16)
+    target = -x  # anything learnable
+    losses = []
+    for _ in range(15):
+        loss = (net(x, c) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        if not losses:  # no dead module (would break DDP without find_unused_parameters)
+            assert all(p.grad is not None for p in net.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(arch="ddpmpp-tiny"),
+        dict(arch="ncsnpp", model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8]),
+        dict(arch="ddpmpp", model_channels=16, channel_mult=[1, 2, 2], num_blocks=1, encoder_type="skip",
+             decoder_type="skip", adaptive_scale=True, attn_resolutions=[4]),
+    ],
+)  # fmt: skip
+def test_channels_last_matches_contiguous(overrides: dict) -> None:
+    torch.manual_seed(0)
+    net = _perturb(build_net(in_channels=3, img_resolution=16, **overrides)).eval()
+    x, c = _inputs(net)
+    with torch.no_grad():
+        y = net(x, c)
+        y_cl = net(x.to(memory_format=torch.channels_last), c)
+        y_both = net.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last), c)
+    torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_both, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["ddpmpp-tiny", "ncsnpp-cifar10", "mlp"])
+def test_bf16_autocast_on_cpu(preset: str) -> None:
+    torch.manual_seed(0)
+    net = _perturb(build_net(preset, **SMALL[preset], dropout=0.0))
+    x, c = _inputs(net)
+    with torch.no_grad():
+        y32 = net(x, c)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x, c)
+    assert y.dtype == torch.float32  # output in the dtype of x, whatever autocast ran inside
+    assert torch.isfinite(y).all()
+    assert (y - y32).abs().max() < 0.05 * y32.abs().max() + 1e-3
+    y.square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+
+
+@pytest.mark.parametrize(
+    "arch, kwargs",
+    [
+        ("ddpmpp-tiny", dict(in_channels=1, img_resolution=16)),
+        ("ncsnpp", dict(in_channels=3, img_resolution=8, model_channels=16, channel_mult=[1, 2], num_blocks=1,
+                        label_dim=10, out_channels=6)),
+        ("mlp", dict(in_channels=5, width=32, embedding_type="fourier")),
+    ],
+)  # fmt: skip
+def test_config_round_trip(arch: str, kwargs: dict) -> None:
+    cfg = net_config(arch, **kwargs)
+    assert cfg["arch"] in ARCHS
+    cfg = json.loads(json.dumps(cfg))  # what a checkpoint stores
+    assert net_config(**cfg) == cfg  # resolving is idempotent
+    net = build_net(arch, **kwargs)
+    rebuilt = build_net(**cfg)
+    assert net.net_config == cfg
+    sd, sd2 = net.state_dict(), rebuilt.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == {k: v.shape for k, v in sd2.items()}
+    rebuilt.load_state_dict(sd)  # carries the Fourier frequencies too
+    x, c = _inputs(_perturb(net).eval())
+    rebuilt.load_state_dict(net.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x, c), net(x, c))
+
+
+def test_class_labels() -> None:
+    torch.manual_seed(0)
+    net = _perturb(build_net("ddpmpp-tiny", in_channels=1, img_resolution=8, label_dim=10)).eval()
+    x, c = _inputs(net, n=3)
+    y = torch.tensor([0, 3, 9])
+    out = net(x, c, y)
+    torch.testing.assert_close(net(x, c, torch.nn.functional.one_hot(y, 10).float()), out)
+    assert (net(x, c, torch.tensor([1, 3, 9])) - out)[0].abs().max() > 1e-4
+    assert net(x, c).shape == x.shape  # None = unconditional (all-zero label)
+    with pytest.raises(ValueError, match="label_dim=0"):
+        build_net("ddpmpp-tiny", in_channels=1, img_resolution=8)(x, c, y)
+
+
+def test_mlp_defaults_and_arch_name() -> None:
+    net = build_net("mlp", in_channels=2, img_resolution=32)  # img_resolution is ignored by the MLP
+    assert isinstance(net, MLP) and "img_resolution" not in net.net_config
+    assert net(torch.randn(7, 2), torch.randn(7)).shape == (7, 2)
+    assert isinstance(build_net("ddpmpp", in_channels=3, img_resolution=8, model_channels=16), SongUNet)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (dict(arch="ddpm++", in_channels=3, img_resolution=32), r"'ddpm\+\+'.*ddpmpp-cifar10.*ncsnpp"),
+        (dict(arch="ddpmpp-tiny", in_channels=1, img_resolution=16, chanel_mult=[1]), r"'chanel_mult'.*channel_mult"),
+        (dict(arch="ddpmpp-tiny", in_channels=1), r"img_resolution"),
+        (dict(arch="ddpmpp-tiny", in_channels=1, img_resolution=12, channel_mult=[1, 2, 2]), r"divisible"),
+        (dict(arch="ncsnpp", in_channels=1, img_resolution=8, encoder_type="fancy"), r"'fancy'.*residual"),
+        (dict(arch="mlp", in_channels=2, embedding_type="rope"), r"'rope'.*fourier"),
+        (dict(arch="ddpmpp-tiny", in_channels=1, img_resolution=8, channel_mult=2), r"channel_mult|int"),
+    ],
+)
+def test_errors(call: dict, match: str) -> None:
+    with pytest.raises(UserError, match=match) as info:
+        build_net(**call)
+    assert "\n" not in str(info.value)
