@@ -270,7 +270,7 @@ class SongUNet(nn.Module):
                 f"{1 << max(num_levels - 1, 0)} (channel_mult={tuple(channel_mult)})"
             )
         if len(resample_filter) % 2:
-            raise UserError(f"resample_filter={tuple(resample_filter)} must have even length, e.g. (1, 1), (1, 3, 3, 1)")
+            raise UserError(f"resample_filter={tuple(resample_filter)} must have even length, e.g. (1, 3, 3, 1)")
 
         self.img_resolution, self.in_channels, self.out_channels = img_resolution, in_channels, out_channels
         self.label_dim, self.augment_dim, self.label_dropout = label_dim, augment_dim, label_dropout

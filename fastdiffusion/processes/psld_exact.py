@@ -26,6 +26,14 @@ from .psld import PSLD, apply_block, join, split
 _CHUNK_ELEMENTS = 1 << 21
 
 
+def _times(t: Tensor | float, n: int) -> Tensor:
+    """t as a float64 CPU scalar when all rows share it (coefficients computed once), else one value per row."""
+    t = torch.as_tensor(t, dtype=torch.float64).cpu().reshape(-1)
+    if t.numel() == 1 or bool((t == t[0]).all()):
+        return t[0]
+    return t.expand(n)
+
+
 class PSLDMixtureEps:
     """The exact ε-network ``eps(z, t)`` of PSLD for Gaussian-mixture data; knows its ``process`` like a model.
 
@@ -58,12 +66,12 @@ class PSLDMixtureEps:
         """∇_z log p_t(z), same shape and dtype as ``z``."""
         n = z.shape[0]
         x, m = (v.reshape(n, -1).double().cpu() for v in split(z))
-        tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(n)
+        tt = _times(t, n)
         rows = max(1, _CHUNK_ELEMENTS // (self.mixture.n_components * self.mixture.dim))
         out_x, out_m = [], []
         for lo in range(0, n, rows):
             sl = slice(lo, lo + rows)
-            log_terms, gx, gm = self.log_terms_and_score(x[sl], m[sl], tt[sl])
+            log_terms, gx, gm = self.log_terms_and_score(x[sl], m[sl], tt if tt.ndim == 0 else tt[sl])
             r = torch.softmax(log_terms, dim=1)[..., None]
             out_x.append((r * gx).sum(1))
             out_m.append((r * gm).sum(1))
@@ -75,13 +83,13 @@ class PSLDMixtureEps:
         """log p_t(z), shape (N,); differentiable in z (used to check the score by autograd)."""
         n = z.shape[0]
         x, m = (v.reshape(n, -1).double() for v in split(z))
-        tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(n)
+        tt = _times(t, n)
         return torch.logsumexp(self.log_terms_and_score(x, m, tt)[0], dim=1)
 
     @torch.no_grad()
     def __call__(self, z: Tensor, t: Tensor | float) -> Tensor:
         """ε*(z, t) = −L_tᵀ ∇ log p_t(z)."""
-        chol_t = self.process.kernel_chol(torch.as_tensor(t, dtype=torch.float64).cpu()).transpose(-1, -2)
+        chol_t = self.process.kernel_chol(_times(t, z.shape[0])).transpose(-1, -2)
         return apply_block(-chol_t, self.score(z, t))
 
 

@@ -1,0 +1,158 @@
+"""``fastdiffusion bench throughput``: training s/kimg, images/s, model-FLOP utilisation, peak memory and sampling
+image-calls/s of a network preset, with each precision mode measured side by side in one process.
+
+Timing: after warm-up, ``repeats`` windows of ``window`` steps each are timed with device-side events (CUDA) or
+``perf_counter`` (CPU); the median window is reported. FLOPs are counted with ``torch.utils.flop_counter`` on one
+forward (+ backward) pass, not estimated by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..training.config import TrainConfig
+from ..training.loop import Trainer
+from .provenance import provenance
+
+# Dense bf16 tensor-core peaks (vendor figures, TFLOP/s) used as the MFU denominator.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def timed_windows(fn: Callable[[], object], device: torch.device, warmup: int, window: int, repeats: int) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` windows of ``window`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(window):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000 / window)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(window):
+                fn()
+            times.append((time.perf_counter() - t0) / window)
+    return statistics.median(times)
+
+
+def count_flops(trainer: Trainer, batch: int, backward: bool) -> float:
+    """FLOPs per image of one denoiser forward (and backward) at ``batch``."""
+    model = trainer.model
+    x = torch.randn(batch, *trainer.data.shape, device=trainer.dist.device)
+    sigma = torch.ones(batch, device=trainer.dist.device)
+    with FlopCounterMode(display=False) as counter:
+        out = model(x, sigma)
+        if backward:
+            out.square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def bench_mode(cfg: TrainConfig, *, warmup: int, window: int, repeats: int, sample_batch: int) -> dict:
+    """One precision mode: training step time and sampling throughput of a fresh ``Trainer``."""
+    trainer = Trainer(cfg, quiet=True)
+    dev = trainer.dist.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    step_s = timed_windows(trainer.train_step, dev, warmup, window, repeats)
+    peak_mem = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+    train_flops = count_flops(trainer, min(cfg.batch, 64), backward=True)
+    model = trainer.ema.model
+    x = torch.randn(sample_batch, *trainer.data.shape, device=dev)
+    sigma = torch.full((sample_batch,), 1.0, device=dev)
+
+    @torch.no_grad()
+    def call() -> None:
+        with torch.autocast(dev.type, torch.bfloat16, enabled=trainer.bf16):
+            model(x, sigma)
+
+    call_s = timed_windows(call, dev, max(2, warmup // 2), window, repeats)
+    fwd_flops = count_flops(trainer, min(sample_batch, 64), backward=False)
+    peak = peak_tflops(dev)
+    achieved = train_flops * cfg.batch / step_s
+    return {
+        "precision": "bf16" if trainer.bf16 else "fp32",
+        "train_s_per_kimg": step_s * 1000 / cfg.batch,
+        "train_img_per_s": cfg.batch / step_s,
+        "train_gflop_per_img": train_flops / 1e9,
+        "train_tflops": achieved / 1e12,
+        "mfu": achieved / (peak * 1e12) if peak else None,
+        "peak_mem_gib": peak_mem,
+        "sample_batch": sample_batch,
+        "sample_img_calls_per_s": sample_batch / call_s,
+        "forward_gflop_per_img": fwd_flops / 1e9,
+    }
+
+
+def run(net: str, data: str, batch: int, modes: list[str], *, warmup: int, window: int, repeats: int,
+        sample_batch: int, device: str) -> dict:
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in modes:
+            cfg = TrainConfig(run_dir=f"{tmp}/{mode}", data=data, net=net, process="edm", batch=batch,
+                              precision=mode, device=device, steps=10**9)
+            results[mode] = bench_mode(cfg, warmup=warmup, window=window, repeats=repeats,
+                                       sample_batch=sample_batch)
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    base = results[modes[0]]
+    ratios = {m: {"train_speedup": base["train_s_per_kimg"] / r["train_s_per_kimg"],
+                  "sample_speedup": r["sample_img_calls_per_s"] / base["sample_img_calls_per_s"]}
+              for m, r in results.items()}
+    return {**provenance(device if device != "auto" else None), "net": net, "data": data, "batch": batch,
+            "timing": {"warmup": warmup, "window": window, "repeats": repeats, "statistic": "median window"},
+            "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
+            "modes": results, f"ratios_vs_{modes[0]}": ratios}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--net", default="ddpmpp-cifar10")
+    p.add_argument("--data", default="digits32")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--modes", default="fp32,bf16", help="comma list of precisions, measured in this order")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--window", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--sample-batch", type=int, default=1024)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, help="write the results JSON here")
+
+
+def main(args: argparse.Namespace) -> dict:
+    result = run(args.net, args.data, args.batch, args.modes.split(","), warmup=args.warmup, window=args.window,
+                 repeats=args.repeats, sample_batch=args.sample_batch, device=args.device)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        from ..checkpoint import atomic_write_bytes
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(args.out, (text + "\n").encode())
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m fastdiffusion.bench.throughput", description=__doc__)
+    add_arguments(parser)
+    main(parser.parse_args())
