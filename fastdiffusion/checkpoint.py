@@ -121,14 +121,16 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, tuple[dict[str, 
     return final
 
 
-def verify_checkpoint(ckpt: Path) -> dict:
-    """The checkpoint's state after checking that every file it lists exists and matches its sha256."""
+def verify_checkpoint(ckpt: Path, only: str | None = None) -> dict:
+    """The checkpoint's state after checking that every file it lists (or just ``only``) matches its sha256."""
     state_path = ckpt / "state.json"
     try:
         state = json.loads(state_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{state_path}: unreadable checkpoint state ({e})") from None
     for name, digest in state.get("sha256", {}).items():
+        if only is not None and name != only:
+            continue
         if not (ckpt / name).is_file():
             raise UserError(f"{ckpt / name}: missing from the checkpoint")
         if sha256(ckpt / name) != digest:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import list_checkpoints, read_weights, save_weights, state_dict_cpu
+from .checkpoint import list_checkpoints, read_weights, save_weights, state_dict_cpu, verify_checkpoint
 from .denoiser import Denoiser
 from .errors import UserError
 from .nets import build_net
@@ -52,6 +52,8 @@ def load_model(path: str | Path, *, ema: bool = True, device: str | torch.device
     No pickle is involved: the file holds tensors and JSON only.
     """
     file = resolve_model_file(path, ema)
+    if (file.parent / "state.json").is_file():  # inside a checkpoint: check its recorded sha256 first
+        verify_checkpoint(file.parent, only=file.name)
     tensors, meta = read_weights(file)
     model = build_model(meta)
     try:

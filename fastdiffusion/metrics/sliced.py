@@ -13,6 +13,7 @@ Computed in float64 on x's device.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,6 +38,13 @@ def wasserstein2_1d_squared(a_sorted: Tensor, b_sorted: Tensor) -> Tensor:
     return ((a_sorted[:, ia] - b_sorted[:, ib]).square() * width).sum(1)
 
 
+def _sort_rows(t: Tensor) -> Tensor:
+    """Sort each row; on the CPU through numpy, several times faster than torch's sort for long rows."""
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.sort(t.numpy(), axis=1))
+    return t.sort(dim=1).values
+
+
 def sliced_wasserstein(
     x: Tensor, y: Tensor, n_projections: int = 256, generator: torch.Generator | None = None
 ) -> float:
@@ -59,6 +67,5 @@ def sliced_wasserstein(
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     theta = torch.randn(a.shape[1], n_projections, generator=g, dtype=torch.float64)
     theta = (theta / theta.norm(dim=0, keepdim=True)).to(a.device)
-    pa = (a @ theta).T.sort(dim=1).values
-    pb = (b @ theta).T.sort(dim=1).values
+    pa, pb = _sort_rows((a @ theta).T), _sort_rows((b @ theta).T)
     return float(wasserstein2_1d_squared(pa, pb).mean().sqrt())

@@ -95,7 +95,7 @@ def _phi(k: int, x: Tensor) -> Tensor:
     small = x.abs() < 0.5
     xs = torch.where(small, x, torch.zeros_like(x))
     series, term = torch.zeros_like(x), torch.ones_like(x)
-    for j in range(30):
+    for j in range(20):
         series = series + term / (j + k + 1)
         term = term * xs / (j + 1)
     xl = torch.where(small, torch.ones_like(x), x)
@@ -199,6 +199,10 @@ class PSLD:
         """H = diag(1, M⁻¹): the stationary law is N(0, H⁻¹) and its score is −H z."""
         return _mat([[1.0, 0.0], [0.0, self.M_inv]], device)
 
+    def Q_tilde(self, device: torch.device | None = None) -> Tensor:
+        """Q̃ = [[0, −1], [1, 0]]: F̃ = −(D̃ + Q̃) H, the dissipative and conservative parts of the drift."""
+        return _mat([[0.0, -1.0], [1.0, 0.0]], device)
+
     def initial_cov(self, loss: str = "hsm", device: torch.device | None = None) -> Tensor:
         """Σ₀: diag(0, γM) for HSM (m₀ marginalised), 0 for DSM (m₀ drawn)."""
         return _mat([[0.0, 0.0], [0.0, self.gamma * self.M if loss == "hsm" else 0.0]], device)
@@ -285,6 +289,44 @@ class PSLD:
     def reverse_sde_drift(self, z: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
         """Reverse-SDE drift F z − G Gᵀ ∇log p_t = β/2 [F̃ z + 2 D̃ L_t^{-T} ε] (PSLD eq. 11)."""
         return self.reverse_drift(z, eps, t, 1.0, 1.0)
+
+    # -- pieces of splitting samplers (reverse time τ = T − t; Λ = diag(noise_x, noise_m)) ---------------------------
+    def reverse_ou(self, t_from: Tensor | float, t_to: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Mean map and covariance of SSCS's linear part (PSLD eq. 12), solved exactly from t_from down to t_to:
+
+            dz = β/2 (Q̃ − D̃) H z dτ + G dW̄ = β/2 [[−Γ, −M⁻¹], [1, −ν]] z dτ + G dW̄,
+
+        critically damped like F̃ and leaving N(0, H⁻¹) invariant."""
+        u = self.b(t_from) - self.b(t_to)
+        a = (self.Q_tilde(u.device) - self.D_tilde(u.device)) @ self.H(u.device)
+        return critical_flow(a, self.D_tilde(u.device), u)
+
+    def score_split_matrix(self, t: Tensor | float) -> Tensor:
+        """β D̃ H: SSCS's score part is dz/dτ = β D̃ (H z + ∇log p_t) = β D̃ H z − 2 K ε."""
+        beta = self.beta(t)
+        return beta[..., None, None] * self.D_tilde(beta.device) @ self.H(beta.device)
+
+    def friction_flow(self, t_from: Tensor | float, t_to: Tensor | float, noise_x: float = 1.0,
+                      noise_m: float = 1.0) -> tuple[Tensor, Tensor]:
+        """(decay, variance), each diag (…, 2, 2), of the per-coordinate Ornstein-Uhlenbeck part of the reverse
+        process with noise Λ G, solved exactly from t_from down to t_to (u = b(t_from) − b(t_to)):
+
+            dz = −β/2 Λ² D̃ H z dτ + Λ G dW̄:  x ← e^{−λ_x² Γ u/2} x + √(1 − e^{−λ_x² Γ u}) n,
+                                              m ← e^{−λ_m² ν u/2} m + √(M (1 − e^{−λ_m² ν u})) n,
+
+        which leaves N(0, H⁻¹) invariant (the O of OBA)."""
+        u = self.b(t_from) - self.b(t_to)
+        rx, rm = -noise_x**2 * self.Gamma * u, -noise_m**2 * self.nu * u
+        return block_diag((rx / 2).exp(), (rm / 2).exp()), block_diag(-torch.expm1(rx), -self.M * torch.expm1(rm))
+
+    def hamiltonian_matrix(self, t: Tensor | float, noise_x: float = 1.0, noise_m: float = 1.0) -> Tensor:
+        """W = β/2 [Q̃ H + (I + Λ²) D̃ H]: what remains of the reverse drift after ``friction_flow``,
+
+            dz/dτ = W z − (I + Λ²) K ε,   rows: x (the A of OBA) and m (the B of OBA)."""
+        beta = self.beta(t)
+        dev = beta.device
+        lam = _mat([[1 + noise_x**2, 0.0], [0.0, 1 + noise_m**2]], dev)
+        return beta[..., None, None] / 2 * (self.Q_tilde(dev) + lam @ self.D_tilde(dev)) @ self.H(dev)
 
     def prior(self, noise_x: Tensor, noise_m: Tensor) -> Tensor:
         """z_T ~ N(0, diag(1, M)) from two standard-normal tensors of the data shape."""

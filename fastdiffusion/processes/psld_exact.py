@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..data.gmm import GaussianMixture
-from .psld import PSLD, apply_block, join, split
+from .psld import PSLD, apply_block, cholesky2, join, split
 
 _CHUNK_ELEMENTS = 1 << 21
 
@@ -42,17 +42,28 @@ class PSLDMixtureEps:
 
     def __init__(self, mixture: GaussianMixture, process: PSLD) -> None:
         self.mixture, self.process = mixture, process
+        self._cache: dict[float, tuple[Tensor, ...]] = {}
 
-    def _moments(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Per-row (a_x, a_m) and the HSM Σ entries (xx, xm, mm), each (n, 1, 1) to broadcast over (n, K, D)."""
+    def _moments(self, t: Tensor) -> tuple[Tensor, ...]:
+        """Per-row (a_x, a_m), the HSM Σ entries (xx, xm, mm), each (n, 1, 1) to broadcast over (n, K, D), and L_tᵀ;
+        cached for scalar t."""
+        key = float(t) if t.ndim == 0 else None
+        if key in self._cache:
+            return self._cache[key]
         a = self.process.kernel_mean_matrix(t)[..., :, 0]
         cov = self.process.kernel_cov(t)
-        return tuple(v.reshape(-1, 1, 1) for v in (a[..., 0], a[..., 1], cov[..., 0, 0], cov[..., 0, 1],
-                                                    cov[..., 1, 1]))
+        out = tuple(v.reshape(-1, 1, 1) for v in (a[..., 0], a[..., 1], cov[..., 0, 0], cov[..., 0, 1],
+                                                   cov[..., 1, 1]))
+        out = (*out, cholesky2(cov).transpose(-1, -2))
+        if key is not None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = out
+        return out
 
     def log_terms_and_score(self, x: Tensor, m: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(log w_k Π_d N₂, shape (n, K)) and the per-component score terms −C⁻¹(z − mean), each (n, K, D)."""
-        ax, am, sxx, sxm, smm = self._moments(t)
+        ax, am, sxx, sxm, smm, _ = self._moments(t)
         mu, var = self.mixture.means[None], self.mixture.variances[None]
         cxx, cxm, cmm = var * ax**2 + sxx, var * ax * am + sxm, var * am**2 + smm
         det = cxx * cmm - cxm**2
@@ -72,7 +83,7 @@ class PSLDMixtureEps:
         for lo in range(0, n, rows):
             sl = slice(lo, lo + rows)
             log_terms, gx, gm = self.log_terms_and_score(x[sl], m[sl], tt if tt.ndim == 0 else tt[sl])
-            r = torch.softmax(log_terms, dim=1)[..., None]
+            r = (log_terms - log_terms.logsumexp(dim=1, keepdim=True)).exp()[..., None]
             out_x.append((r * gx).sum(1))
             out_m.append((r * gm).sum(1))
         sx, sm = torch.cat(out_x), torch.cat(out_m)
@@ -89,7 +100,7 @@ class PSLDMixtureEps:
     @torch.no_grad()
     def __call__(self, z: Tensor, t: Tensor | float) -> Tensor:
         """ε*(z, t) = −L_tᵀ ∇ log p_t(z)."""
-        chol_t = self.process.kernel_chol(_times(t, z.shape[0])).transpose(-1, -2)
+        chol_t = self._moments(_times(t, z.shape[0]))[-1]
         return apply_block(-chol_t, self.score(z, t))
 
 

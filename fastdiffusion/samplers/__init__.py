@@ -3,7 +3,11 @@
 Each sampler module registers its samplers when imported; importing this package imports them all.
 """
 
-from . import classic  # noqa: F401  (registers euler, heun)
+from . import (
+    classic,  # noqa: F401  (registers euler, heun)
+    conjugate,  # noqa: F401  (registers lambda-ddim, conjugate-ddim)
+    multistep,  # noqa: F401  (registers ddim, dpmpp-2m, dpmpp-3m, unipc, ipndm)
+)
 from .registry import SAMPLERS, SamplerSpec, get_sampler, one_call_per_step, register
 from .schedules import SCHEDULES, make_sigmas
 

@@ -22,9 +22,9 @@ also k-diffusion's ``sample_dpmpp_2m``. So ``len(sigmas) - 1`` steps make exactl
 (NFE = number of steps, the last call counted) and the exact reference for a grid is the PF-ODE solved to the last
 positive sigma followed by one denoising call there.
 
-**Order schedule:** step ``i`` of ``n`` uses order ``min(order, i + 1, n - i)``: lower order while the history fills
-(warm-up) and on the last two steps (the last one is the denoising step above, 1st order; the one before is at most
-2nd order, as in DPM-Solver's and UniPC's ``lower_order_final``). iPNDM lowers its order only for warm-up.
+**Order schedule:** step ``i`` of ``n`` uses order ``min(order, i + 1)`` (warm-up while the history fills); with
+fewer than 10 steps also at most ``n - i`` (DPM-Solver's and UniPC's ``lower_order_final``: the step before the
+denoising step is at most 2nd order, the one before that at most 3rd). iPNDM lowers its order only for warm-up.
 """
 
 from __future__ import annotations
@@ -67,9 +67,14 @@ def _solve(rows: list[list[float]], rhs: list[float]) -> list[float]:
     return a.tolist()
 
 
+# Below this many steps the last steps use lower orders (DPM-Solver's ``lower_order_final`` threshold).
+LOWER_ORDER_FINAL_BELOW = 10
+
+
 def _order(order: int, i: int, n_steps: int) -> int:
     """Order of step ``i`` of ``n_steps``: warm-up and lower-order final steps (see the module docstring)."""
-    return max(1, min(order, i + 1, n_steps - i))
+    final = n_steps - i if n_steps < LOWER_ORDER_FINAL_BELOW else order
+    return max(1, min(order, i + 1, final))
 
 
 @torch.no_grad()
@@ -142,8 +147,12 @@ def unipc_coefficients(h: float, rs: Sequence[float]) -> list[float]:
     """UniPC's ``a`` for B(h) = w_0(h) = 1 - e^{-h} ("bh2") and nodes ``rs`` (Zhao et al. 2023, arXiv 2302.04867).
 
     Matching ``B(h) sum_m a_m (D(lambda_i + r_m h) - D_i) / r_m`` to ``sum_{k=1..p} w_k(h) D^(k)`` term by term gives
-    ``sum_m a_m r_m^{k-1} = k! w_k(h) / (h^k B(h))`` for k = 1..p, p = len(rs).
+    ``sum_m a_m r_m^{k-1} = k! w_k(h) / (h^k B(h))`` for k = 1..p, p = len(rs). With a single node the solution
+    ``w_1/(h B) = 1/2 + O(h)`` is replaced by its limit 1/2, as UniPC does (same order; UniP-2 is then exactly
+    DPM-Solver++(2M)).
     """
+    if len(rs) == 1:
+        return [0.5]
     w = phi_weights(h, len(rs) + 1)
     rhs = [math.factorial(k) * w[k] / (h**k * w[0]) for k in range(1, len(rs) + 1)]
     return _solve([[r ** (k - 1) for r in rs] for k in range(1, len(rs) + 1)], rhs)
@@ -218,8 +227,7 @@ def ipndm(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None =
 
 
 register(SamplerSpec("ddim", ddim, one_call_per_step,
-                     "DDIM = DPM-Solver++(1), 1st-order data-prediction exponential integrator (= euler for s = 1)",
-                     schedule="logsnr"))
+                     "DDIM = DPM-Solver++(1), 1st-order data-prediction exponential integrator (= euler for s = 1)"))
 register(SamplerSpec("dpmpp-2m", dpmpp_2m, one_call_per_step,
                      "DPM-Solver++(2M): 2nd-order multistep, data prediction, in lambda = -ln sigma",
                      schedule="logsnr"))

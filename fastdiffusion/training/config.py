@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import UserError
+
+
+def _checked(name: str, value: Any, tp: Any) -> Any:
+    """``value`` converted to the field type ``tp`` (int, float, str, bool, dict, a float pair, or X | None)."""
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(tp) or tp
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        str: isinstance(value, str),
+        dict: isinstance(value, dict),
+        tuple: isinstance(value, (list, tuple)) and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+    }[origin]
+    if not ok:
+        raise UserError(f"config field '{name}' must be {getattr(tp, '__name__', tp)}, got {value!r}")
+    return tuple(value) if origin is tuple else float(value) if origin is float else value
 
 
 @dataclass
@@ -26,6 +51,9 @@ class TrainConfig:
     ema_halflife_kimg: float = 500.0
     ema_rampup: float | None = 0.05
     grad_clip: float | None = None  # max global gradient norm; None = off
+    fault_limit: int = 5  # skipped non-finite steps, with no clean log interval between, that trigger on_faults
+    on_faults: str = "rollback"  # rollback (to the newest checkpoint, lr halved) or abort
+    max_rollbacks: int = 3
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
     seed: int = 0
     ckpt_every: int = 500
@@ -45,9 +73,8 @@ class TrainConfig:
         unknown = set(obj) - names
         if unknown:
             raise UserError(f"unknown config field(s) {', '.join(sorted(unknown))}")
-        obj = dict(obj)
-        if "adam_betas" in obj:
-            obj["adam_betas"] = tuple(obj["adam_betas"])
+        hints = typing.get_type_hints(cls)
+        obj = {k: _checked(k, v, hints[k]) for k, v in obj.items()}
         return cls(**obj)
 
     def validate(self) -> None:
@@ -59,6 +86,10 @@ class TrainConfig:
             raise UserError(f"--lr must be > 0, got {self.lr}")
         if self.ckpt_every < 1 or self.log_every < 1:
             raise UserError("--ckpt-every and --log-every must be >= 1")
+        if self.on_faults not in ("rollback", "abort"):
+            raise UserError(f"--on-faults must be rollback or abort, got '{self.on_faults}'")
+        if self.fault_limit < 1 or self.max_rollbacks < 0:
+            raise UserError("--fault-limit must be >= 1 and --max-rollbacks >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"--precision must be auto, fp32 or bf16, got '{self.precision}'")
 

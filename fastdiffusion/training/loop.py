@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..checkpoint import (
+    atomic_write_bytes,
     atomic_write_json,
     clean_partial,
     list_checkpoints,
@@ -41,6 +43,7 @@ from ..seeds import SeededNoise
 from . import distributed
 from .config import RESUME_KEYS, TrainConfig
 from .ema import EMA, ema_beta
+from .lock import RunLock
 
 
 @dataclass
@@ -105,6 +108,15 @@ def _rng_tensors(gen: torch.Generator) -> dict[str, Tensor]:
     return out
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log rows past ``step``: a resumed run re-does those steps and logs them again."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
+        if len(keep) != len(rows):
+            atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+
 def _check_resume_config(ckpt: Path, saved: dict, cfg: TrainConfig) -> None:
     for key in RESUME_KEYS:
         mine = cfg.to_json()[key]
@@ -134,15 +146,28 @@ class Trainer:
         ncfg = _net_config_for(cfg, self.data)
         self.model = Denoiser(build_net(**ncfg), self.process, ncfg, self.data.shape).to(dev)
         self.ema = EMA(self.model)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
-                                    fused=dev.type == "cuda")
+        # Fused Adam skips a step on device when ``found_inf`` is set: non-finite steps cost no host sync.
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=True)
         self.gen = torch.Generator(dev).manual_seed(cfg.seed)
         self.step = 0
+        self.lr_scale = 1.0  # lowered by each roll-back after repeated non-finite steps
+        self.rollbacks = 0
+        self.fault_run = 0  # non-finite steps since the last log interval without any
         self._rng: dict[str, Tensor] | None = None
+        self.lock: RunLock | None = None
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
         self.train_data = self.data.x.to(dev)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.run_dir)
+        try:
+            self._start(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, resume: bool) -> None:
+        cfg, dev = self.cfg, self.dist.device
         if resume:
             self._resume()
         elif list_checkpoints(self.run_dir):
@@ -160,33 +185,47 @@ class Trainer:
     def _resume(self) -> None:
         if self.dist.is_main:
             clean_partial(self.run_dir)
-        ckpts = list_checkpoints(self.run_dir)
-        if not ckpts:
-            if not self.quiet and self.dist.is_main:
-                print(f"no checkpoint in {self.run_dir}: starting from scratch")
+        if not list_checkpoints(self.run_dir):
+            if self.dist.is_main:
+                truncate_log(self.run_dir / "log.jsonl", 0)
+                if not self.quiet:
+                    print(f"no checkpoint in {self.run_dir}: starting from scratch")
             return
-        for ckpt in ckpts:
+        ckpt = self._load_newest_valid()
+        if self.dist.is_main:
+            truncate_log(self.run_dir / "log.jsonl", self.step)
+            if not self.quiet:
+                print(f"resuming from {ckpt} (step {self.step})")
+
+    def _load_newest_valid(self) -> Path:
+        """Load the newest checkpoint that passes its checksums, saying which ones were skipped and why."""
+        for ckpt in list_checkpoints(self.run_dir):
             try:
                 state = verify_checkpoint(ckpt)
             except UserError as e:
-                print(f"skipping {ckpt.name}: {e}")
+                print(f"warning: skipping checkpoint {ckpt.name}: {e}", file=sys.stderr)
                 continue
             _check_resume_config(ckpt, state.get("config", {}), self.cfg)
-            weights, _ = read_weights(ckpt / "model.safetensors")
-            ema_w, _ = read_weights(ckpt / "ema.safetensors")
-            opt_t, _ = read_weights(ckpt / "optimizer.safetensors")
+            self._load(ckpt, state)
+            return ckpt
+        raise UserError(f"{self.run_dir}: no valid checkpoint to resume from (all failed their checks)")
+
+    def _load(self, ckpt: Path, state: dict) -> None:
+        weights, _ = read_weights(ckpt / "model.safetensors")
+        ema_w, _ = read_weights(ckpt / "ema.safetensors")
+        opt_t, _ = read_weights(ckpt / "optimizer.safetensors")
+        try:
             self.model.net.load_state_dict(weights)
             self.ema.model.net.load_state_dict(ema_w)
             _load_optimizer(self.opt, opt_t, state["optimizer"])
-            self.gen.set_state(opt_t["rng.step_generator"])
-            if "rng.cuda" in opt_t and self.dist.device.type == "cuda":
-                torch.cuda.set_rng_state(opt_t["rng.cuda"])
-            self._rng = opt_t
-            self.step = state["step"]
-            if not self.quiet and self.dist.is_main:
-                print(f"resuming from {ckpt} (step {self.step})")
-            return
-        raise UserError(f"{self.run_dir}: no valid checkpoint to resume from (all failed their checks)")
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UserError(f"{ckpt}: does not fit this run's network ({str(e).splitlines()[0]})") from None
+        self.gen.set_state(opt_t["rng.step_generator"])
+        if "rng.cuda" in opt_t and self.dist.device.type == "cuda":
+            torch.cuda.set_rng_state(opt_t["rng.cuda"])
+        self._rng = opt_t
+        self.step = state["step"]
+        self.lr_scale = state.get("lr_scale", 1.0)
 
     def save_checkpoint(self) -> Path:
         meta = model_meta(self.model)
@@ -197,8 +236,14 @@ class Trainer:
             "optimizer.safetensors": ({**opt_t, **_rng_tensors(self.gen)}, {}),
         }
         state = {"config": self.cfg.to_json(), "images_seen": self.step * self.cfg.batch, "optimizer": opt_meta,
-                 "loss_clamp": self._clamp(), "model": meta}
-        path = write_checkpoint(self.run_dir, self.step, files, state)
+                 "loss_clamp": self._clamp(), "model": meta, "lr_scale": self.lr_scale}
+        try:
+            path = write_checkpoint(self.run_dir, self.step, files, state)
+        except OSError as e:
+            newest = list_checkpoints(self.run_dir)
+            kept = f"; {newest[0].name} is intact" if newest else ""
+            reason = e.strerror or e
+            raise UserError(f"could not write checkpoint {self.step} in {self.run_dir}: {reason}{kept}") from None
         prune_checkpoints(self.run_dir, self.cfg.keep_ckpts)
         return path
 
@@ -218,7 +263,7 @@ class Trainer:
     def train_step(self) -> Tensor:
         cfg, world, rank = self.cfg, self.dist.world_size, self.dist.rank
         for g in self.opt.param_groups:
-            g["lr"] = cfg.lr * min((self.step + 1) / max(cfg.lr_warmup, 1), 1.0)
+            g["lr"] = self.lr_scale * cfg.lr * min((self.step + 1) / max(cfg.lr_warmup, 1), 1.0)
         batch = draw_batch(self.train_data, cfg, self.process, self.gen)
         chunk = cfg.batch // (world * cfg.accum)
         total = torch.zeros((), device=self.dist.device)
@@ -232,54 +277,96 @@ class Trainer:
                 loss = denoising_loss(self.ddp, part, self.process, self.step)
             (loss / cfg.accum).backward()
             total += loss.detach() / cfg.accum
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        bad = (~(torch.isfinite(norm) & torch.isfinite(total))).float()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            torch._foreach_mul_(grads, (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0))
+        self.opt.found_inf = bad  # the fused step is skipped on device when it is 1
         self.opt.step()
         self.step += 1
+        # A skipped step left the weights unchanged, so the EMA update needs no guard.
         self.ema.update(self.model, ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg,
                                              cfg.ema_rampup))
-        return total
+        return torch.where(bad > 0, torch.zeros_like(total), total), bad
+
+    def _on_faults(self, n_bad: int) -> None:
+        """Repeated non-finite steps: roll back to the newest valid checkpoint with half the learning rate, or
+        abort, as ``cfg.on_faults`` says."""
+        where = f"{n_bad} non-finite steps before step {self.step}"
+        if self.cfg.on_faults == "abort" or self.rollbacks >= self.cfg.max_rollbacks:
+            raise UserError(f"training diverged ({where}); lower --lr or set --grad-clip, then --resume")
+        if not list_checkpoints(self.run_dir):
+            raise UserError(f"training diverged ({where}) before the first checkpoint; lower --lr or set --grad-clip")
+        ckpt = self._load_newest_valid()
+        self.rollbacks += 1
+        self.lr_scale *= 0.5
+        print(f"warning: {where}; rolled back to {ckpt.name} with learning rate x{self.lr_scale:g}", file=sys.stderr)
+
+    def _log(self, row: dict) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def run(self) -> Path:
         cfg, main = self.cfg, self.dist.is_main
-        log_path = self.run_dir / "log.jsonl"
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.quiet or not main,
                    dynamic_ncols=True)
-        loss_sum = torch.zeros((), device=self.dist.device)
+        zero = torch.zeros((), device=self.dist.device)
+        loss_sum, bad_sum = zero.clone(), zero.clone()
         n_sum, t0, last_ckpt = 0, time.perf_counter(), None
         while self.step < cfg.steps:
-            loss_sum += self.train_step()
+            loss, bad = self.train_step()
+            loss_sum += loss
+            bad_sum += bad
             n_sum += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 if self.dist.world_size > 1:
                     dist.all_reduce(loss_sum)
                     loss_sum /= self.dist.world_size
                 dt = time.perf_counter() - t0
-                row = {"step": self.step, "kimg": self.step * cfg.batch / 1000, "loss": loss_sum.item() / n_sum,
-                       "lr": self.opt.param_groups[0]["lr"], "img_per_s": n_sum * cfg.batch / max(dt, 1e-9)}
+                n_bad = int(bad_sum.item())
+                row = {"step": self.step, "kimg": self.step * cfg.batch / 1000,
+                       "loss": loss_sum.item() / max(n_sum - n_bad, 1), "lr": self.opt.param_groups[0]["lr"],
+                       "img_per_s": n_sum * cfg.batch / max(dt, 1e-9)}
+                if n_bad:
+                    row["skipped_nonfinite"] = n_bad
                 if main:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    self._log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
                     bar.update(n_sum)
                 loss_sum.zero_()
+                bad_sum.zero_()
                 n_sum, t0 = 0, time.perf_counter()
+                self.fault_run = self.fault_run + n_bad if n_bad else 0
+                if self.fault_run >= cfg.fault_limit:
+                    self._on_faults(self.fault_run)
+                    self.fault_run = 0
+                    bar.reset(total=cfg.steps)
+                    bar.update(self.step)
+                    continue
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 if main:
                     last_ckpt = self.save_checkpoint()
                     self.write_grid(self.run_dir / "samples.png")
-                    plot_loss(log_path, self.run_dir / "loss.png")
+                    plot_loss(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
                 if self.dist.world_size > 1:
                     dist.barrier()
                 t0 = time.perf_counter()
         bar.close()
         return last_ckpt or self.run_dir
 
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
     """Train to ``cfg.steps``; returns the last checkpoint directory written."""
-    trainer = Trainer(cfg, resume=resume, quiet=quiet)
+    trainer = None
     try:
+        trainer = Trainer(cfg, resume=resume, quiet=quiet)
         return trainer.run()
     finally:
+        if trainer is not None:
+            trainer.close()
         distributed.teardown()

@@ -1,0 +1,152 @@
+"""`fastdiffusion eval`: quality metrics of a model or a sample set, each number with its protocol.
+
+    fastdiffusion eval runs/demo --metrics fd-digits,prdc,memorization --n 1000 --out eval.json
+    fastdiffusion eval samples.npz --metrics fid --reference cifar10-train.npz --inception weights-inception-....pth
+    torchrun --nproc-per-node 8 -m fastdiffusion.metrics.cli runs/cifar --metrics fid --n 50000 ...
+
+`add_parser(subparsers)` adds the sub-command to the main CLI; `python -m fastdiffusion.metrics.cli ARGS` runs it
+alone. Bad input ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+__all__ = ["add_parser", "cmd_eval", "main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _kv(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--opt {item!r}: expected KEY=VALUE")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `eval` to the main CLI's sub-commands; the parser's default `func` is `cmd_eval`."""
+    from ..samplers import SAMPLERS
+    from .evaluate import DEFAULT_N, METRICS
+
+    p = subparsers.add_parser(
+        "eval", help="quality metrics (FD-digits, PRDC, memorisation, FID, sliced W2, GMM NLL) with protocols",
+        description="Evaluate a model (generating samples) or a sample set. Every number is reported with its "
+                    "protocol: metric, feature network and hash, sample counts, reference set, sampler, NFE, "
+                    "EMA or raw, seeds.")
+    p.add_argument("model_or_samples", metavar="MODEL_OR_SAMPLES",
+                   help="run directory, checkpoint directory or model .safetensors (samples are generated), or "
+                        "an .npz of samples, an image folder or a .zip")
+    p.add_argument("--metrics", help=f"comma-separated, from {','.join(METRICS)} "
+                                     "(default: fd-digits,prdc,memorization for digits; sliced for points, + gmm-nll "
+                                     "for mixtures)")
+    p.add_argument("--n", type=_positive_int, help=f"samples to generate (default {DEFAULT_N}) or to read "
+                                                   "(default: all in the file)")
+    p.add_argument("--reference", help="DATASET@SPLIT, DATASET, SPLIT or a FID statistics .npz (default: the run's "
+                                       "training data, else digits; split test for bundled sets, all for paths)")
+    p.add_argument("--inception", help="the weights-inception-2015-12-05-6726825d.pth file for fid (or set "
+                                       "FASTDIFFUSION_INCEPTION)")
+    p.add_argument("--save-ref-stats", type=Path, metavar="NPZ",
+                   help="also save the FID reference statistics computed from images to this .npz")
+    p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
+    p.add_argument("--nfe", type=_positive_int, default=35, help="network calls per sample (default 35)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. churn=10")
+    p.add_argument("--seeds", help="e.g. 0-999 (default: 0..n-1)")
+    p.add_argument("--raw", action="store_true", help="evaluate the raw weights instead of the EMA")
+    p.add_argument("--batch", type=_positive_int, default=256, help="generation / feature batch (default 256)")
+    p.add_argument("--out", type=Path, help="write the full report (JSON) here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def summary(report: dict) -> str:
+    """One line per metric: its numbers, then the protocol in short."""
+    lines = []
+    for name, res in report["results"].items():
+        pr = res["protocol"]
+        nums = {k: v for k, v in res.items() if k != "protocol" and not isinstance(v, dict)}
+        if "value" in nums:
+            text = _fmt(nums.pop("value"))
+        else:
+            text = " ".join(f"{k}={_fmt(v)}" for k, v in nums.items())
+        for space, sub in ((k, v) for k, v in res.items() if k != "protocol" and isinstance(v, dict)):
+            text += (f" {space}: fraction_closer={_fmt(sub['fraction_closer'])}"
+                     f" median={_fmt(sub['median_generated_to_train'])}"
+                     f" (held-out {_fmt(sub['median_heldout_to_train'])})")
+        how = f"{pr['sampler']} {pr['nfe']} NFE, {pr['weights']}, " if pr.get("sampler") else ""
+        how += f"n={pr['n_generated']} vs {pr.get('reference')}"
+        lines.append(f"{name:<13} {text}   [{how}]")
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from ..checkpoint import atomic_write_json
+    from ..training import distributed
+    from .evaluate import evaluate
+
+    d = distributed.setup(args.device)
+    try:
+        report = evaluate(args.model_or_samples, metrics=args.metrics, n=args.n, reference=args.reference,
+                          sampler=args.sampler, nfe=args.nfe, seeds=args.seeds, ema=not args.raw, batch=args.batch,
+                          device=str(d.device), inception=args.inception, sampler_options=_kv(args.opt),
+                          save_reference_stats=args.save_ref_stats, progress=not args.quiet)
+        argv = getattr(args, "argv", None)
+        report["command"] = " ".join(["fastdiffusion", *(argv if argv is not None else sys.argv[1:])])
+        if d.is_main:
+            print(summary(report))
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(args.out, report)
+                print(f"report: {args.out}")
+    finally:
+        distributed.teardown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastdiffusion", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "eval":
+        argv = ["eval", *argv]  # `python -m fastdiffusion.metrics.cli ARGS` means `fastdiffusion eval ARGS`
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"fastdiffusion eval: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,500 @@
+"""`evaluate`: every quality number of a model or a sample set, each with its full protocol.
+
+What is evaluated (`model_or_samples`): a `Denoiser` or any `D(x, sigma)` callable with a `data_shape`; a tensor of
+samples ([−1, 1] images (N, C, H, W) or points (N, D)); or a path: a run directory, checkpoint directory or model
+.safetensors (samples are generated for `seeds` with `sampler` / `nfe`, EMA weights unless ema=False, sharded
+across torchrun ranks); an .npz written by `fastdiffusion sample` (arrays samples and seeds) or any image .npz;
+an image folder or .zip.
+
+Reference (`reference`): `DATASET@SPLIT`, `DATASET`, `SPLIT` or a statistics .npz (FID only). DATASET is a bundled
+name or a path; it defaults to the run's training data (config.json beside the checkpoints) or else the bundled
+digits. SPLIT is train | test | all; it defaults to test for bundled sets and to all for paths (a folder is used as
+given). Images are compared at the samples' resolution (references are resized to it).
+
+Metrics (`metrics`):
+    fd-digits     FD in the digits classifier's 64-d features vs the reference split (digits only)
+    prdc          precision / recall (k-NN manifolds, k = 3) and density / coverage in the same features
+    memorization  nearest-neighbour distances to the TRAIN split vs the held-out TEST split's (pixels; digits also
+                  in classifier features)
+    fid           FID with the 2015 Inception network (torch-fidelity; local weights file, see `fid.py`)
+    sliced        sliced Wasserstein-2 (256 directions, seed 0) in pixel / point space vs the reference set
+    gmm-nll       exact NLL under the true mixture and SW₂ to fresh true samples (gmm, gmm64; see `gmm.py`)
+Default: fd-digits, prdc, memorization for digits; sliced, memorization for other images; sliced (+ gmm-nll for
+mixtures) for points.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+__all__ = ["DEFAULT_N", "METRICS", "Reference", "compact_seeds", "evaluate", "parse_reference"]
+
+METRICS = ("fd-digits", "prdc", "memorization", "fid", "sliced", "gmm-nll")
+DEFAULT_N = 1000
+SLICED_PROJECTIONS = 256
+POINTS_REFERENCE = 20_000  # points drawn for a generated (toy / mixture) reference set, as in training
+_DIGITS = ("digits", "digits16", "digits32")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+@dataclass
+class _Samples:
+    x: Tensor
+    kind: str  # 'image' | 'points'
+    protocol: dict
+    data: str | None = None  # the training data spec when known
+
+
+@dataclass
+class Reference:
+    """A parsed `reference`: a dataset spec and split, or a statistics file (FID only)."""
+
+    dataset: str | None
+    split: str
+    stats_file: Path | None = None
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def is_digits(self) -> bool:
+        return self.dataset is not None and self.dataset.strip().lower() in _DIGITS
+
+    def name(self, resolution: int | None = None) -> str:
+        """The data set's name (digits named by the resolution they are compared at)."""
+        if self.is_digits and resolution:
+            return "digits" if resolution == 8 else f"digits{resolution}"
+        return str(self.dataset)
+
+    def label(self, resolution: int | None = None, split: str | None = None) -> str:
+        """'NAME@SPLIT', or the statistics file."""
+        if self.stats_file is not None:
+            return str(self.stats_file)
+        return f"{self.name(resolution)}@{split or self.split}"
+
+    def load(self, split: str | None = None, resolution: int | None = None):
+        """The reference `Dataset` (for `split`, default self.split), images at `resolution`, cached.
+
+        Generated point sets have POINTS_REFERENCE points (seed 0 for train/all, another seed for test).
+        """
+        from ..data import load_dataset
+
+        split = split or self.split
+        key = (split, resolution)
+        if key not in self.cache:
+            if self.dataset is None:
+                raise UserError("no reference data set: name one with --reference (e.g. digits@test or gmm64)")
+            spec = "digits" if self.is_digits else self.dataset
+            ds = load_dataset(spec, split=split, n_points=POINTS_REFERENCE)
+            if ds.kind == "image" and resolution and tuple(ds.shape[1:]) != (resolution, resolution):
+                ds = load_dataset(spec, resolution=resolution, split=split)
+            self.cache[key] = ds
+        return self.cache[key]
+
+
+def compact_seeds(seeds: Sequence[int] | None) -> str | None:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (the --seeds syntax)."""
+    if seeds is None:
+        return None
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        return ""
+    parts, start, prev = [], seeds[0], seeds[0]
+    for s in [*seeds[1:], None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if s is not None:
+            start = prev = s
+    return ",".join(parts)
+
+
+def parse_reference(reference: str | Path | None, data: str | None, kind: str) -> Reference:
+    """See the module docstring for the syntax and defaults."""
+    from ..data import BUNDLED
+    from ..data.images import SPLITS
+    from .frechet import GaussianStats
+
+    default = data or ("digits" if kind == "image" else None)
+    if reference is None or str(reference).strip() == "":
+        return Reference(default, "test" if default is None or _bundled(default) else "all")
+    text = str(reference).strip()
+    if text in SPLITS:
+        return Reference(default, text)
+    if GaussianStats.is_stats_file(text):
+        return Reference(None, "all", Path(text).expanduser())
+    spec, at, split = text.rpartition("@")
+    if at and split in SPLITS and spec:
+        return Reference(spec, split)
+    if at and spec and not Path(text).expanduser().exists():
+        raise UserError(f"--reference {text}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if text.lower() not in BUNDLED and not Path(text).expanduser().exists() and ".npz:" not in text.lower():
+        raise UserError(
+            f"--reference {text}: not a bundled data set ({', '.join(BUNDLED)}), a split, or an existing path"
+        )
+    return Reference(text, "test" if _bundled(text) else "all")
+
+
+def _bundled(spec: str) -> bool:
+    from ..data import BUNDLED
+
+    return spec.strip().lower() in BUNDLED
+
+
+def _is_model_path(p: Path) -> bool:
+    from ..checkpoint import list_checkpoints
+
+    if p.is_file():
+        return p.suffix.lower() == ".safetensors"
+    return p.is_dir() and (bool(list_checkpoints(p)) or (p / "ema.safetensors").is_file()
+                           or (p / "model.safetensors").is_file())
+
+
+def _run_data(p: Path) -> str | None:
+    """The `data` of the training config.json in or above a run / checkpoint directory or model file."""
+    for d in [p, *p.parents][:3]:
+        cfg = d / "config.json"
+        if d.is_dir() and cfg.is_file():
+            try:
+                return json.loads(cfg.read_text()).get("data")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                return None
+    return None
+
+
+def _read_samples_file(p: Path) -> tuple[Tensor, str, list[int] | None]:
+    """Samples from an .npz/.npy, image folder or .zip as float32 ([−1, 1] images or points), plus stored seeds."""
+    from ..data import load_dataset
+    from ..data.images import load_npz
+
+    seeds = None
+    if p.suffix.lower() == ".npz" and p.is_file():
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                files = list(z.files)
+                arr = z["samples"] if "samples" in files else None
+                seeds = [int(s) for s in z["seeds"]] if "seeds" in files else None
+        except Exception as err:
+            raise UserError(f"{p}: cannot read as .npz ({type(err).__name__}: {err})") from None
+        if arr is not None and arr.ndim == 2:
+            if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
+                raise UserError(f"{p}: point samples must be finite floats, got {arr.dtype}")
+            return torch.from_numpy(arr.astype(np.float32)), "points", seeds
+        if arr is not None:
+            u8 = load_npz(p, "samples")
+            return torch.from_numpy(u8).float().div_(127.5).sub_(1.0), "image", seeds
+    ds = load_dataset(str(p))
+    return ds.x, ds.kind, seeds
+
+
+def _resolve_seeds(seeds: str | Sequence[int] | None, n: int | None) -> list[int]:
+    from ..seeds import parse_seeds
+
+    if seeds is None:
+        return list(range(n if n is not None else DEFAULT_N))
+    out = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
+    if n is not None:
+        if n > len(out):
+            raise UserError(f"--n {n} but --seeds names only {len(out)} seeds")
+        out = out[:n]
+    return out
+
+
+def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sampler: str, nfe: int, ema: bool,
+                 batch: int, device: torch.device, gen_options: dict, progress: bool) -> _Samples:
+    from ..checkpoint import sha256
+
+    if isinstance(obj, Tensor):
+        x = obj.detach().float().cpu()
+        kind = "image" if x.ndim == 4 else "points"
+        protocol = {"source": "in-memory samples", "sampler": None, "nfe": None, "weights": None,
+                    "seeds": seeds if isinstance(seeds, str) or seeds is None else compact_seeds(seeds)}
+        return _Samples(_take(x, n, "samples"), kind, protocol)
+    if isinstance(obj, (str, Path)):
+        p = Path(obj).expanduser()
+        if not p.exists():
+            raise UserError(f"{p}: no such model, run directory, sample file or image folder")
+        if not _is_model_path(p):
+            x, kind, file_seeds = _read_samples_file(p)
+            x = _take(x, n, str(p))
+            protocol = {"source": str(p), "source_sha256": sha256(p) if p.is_file() else None, "sampler": None,
+                        "nfe": None, "weights": None,
+                        "seeds": compact_seeds(file_seeds[: len(x)]) if file_seeds else None}
+            return _Samples(x, kind, protocol)
+        from ..model import load_model, resolve_model_file
+
+        file = resolve_model_file(p, ema)
+        model = load_model(p, ema=ema, device=device)
+        source = {"source": str(p), "model_file": str(file), "model_sha256": sha256(file),
+                  "weights": "ema" if ema else "raw"}
+        data = _run_data(p)
+    else:
+        model, data = obj, None
+        source = {"source": f"in-memory {type(obj).__name__}", "weights": "ema" if ema else "raw"}
+    from ..sampling import generate
+
+    seed_list = _resolve_seeds(seeds, n)
+    with torch.no_grad():
+        x = generate(model, seed_list, batch=batch, device=device, sampler=sampler, nfe=nfe, progress=progress,
+                     **gen_options)
+    kind = "image" if x.ndim == 4 else "points"
+    protocol = {**source, "sampler": sampler, "nfe": nfe, "seeds": compact_seeds(seed_list),
+                **({"sampler_options": gen_options} if gen_options else {})}
+    return _Samples(x.float().cpu(), kind, protocol, data)
+
+
+def _take(x: Tensor, n: int | None, label: str) -> Tensor:
+    if n is None:
+        return x
+    if n > len(x):
+        raise UserError(f"{label}: holds {len(x)} samples, fewer than --n {n}")
+    return x[:n]
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def _digits_only(name: str, ref: Reference, s: _Samples) -> None:
+    if s.kind != "image":
+        raise UserError(f"{name} needs images, but the samples are points")
+    if not ref.is_digits:
+        raise UserError(f"{name} compares against the bundled digits; the reference here is {ref.label()}: "
+                        f"use --reference digits@test (or another split) or drop {name}")
+
+
+def _resolution(s: _Samples) -> int | None:
+    if s.kind != "image":
+        return None
+    h, w = s.x.shape[2:]
+    if h != w:
+        raise UserError(f"samples are {w}x{h} (WxH); reference images can be matched only to square samples")
+    return int(h)
+
+
+def _digits_protocol() -> dict:
+    from .digits_classifier import FEATURE_NETWORK, classifier_info
+
+    info = classifier_info()
+    return {"feature_network": FEATURE_NETWORK, "feature_network_sha256": info["sha256"],
+            "feature_network_test_accuracy": info.get("test_accuracy")}
+
+
+def _sample_features(s: _Samples, ctx: dict) -> Tensor:
+    """The samples' digits-classifier features, computed once per evaluation."""
+    if "digits_features" not in ctx:
+        from .digits_classifier import digits_features
+
+        ctx["digits_features"] = digits_features(s.x, device=ctx["device"])
+    return ctx["digits_features"]
+
+
+def _metric_fd_digits(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .digits_classifier import digits_reference
+    from .frechet import FeatureStats
+
+    _digits_only("fd-digits", ref, s)
+    feats = _sample_features(s, ctx)
+    ref_feats = digits_reference(ref.split)
+    value = FeatureStats().update(feats).stats().frechet_distance(FeatureStats().update(ref_feats).stats())
+    return {"value": value, "protocol": {**_digits_protocol(), "n_reference": len(ref_feats),
+                                         "reference": f"digits32@{ref.split}"}}
+
+
+def _metric_prdc(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .digits_classifier import digits_reference
+    from .quality import prdc
+
+    _digits_only("prdc", ref, s)
+    feats = _sample_features(s, ctx)
+    ref_feats = digits_reference(ref.split)
+    dev = ctx["device"]
+    out = prdc(ref_feats.to(dev), feats.to(dev), k=3)
+    return {**out, "k": 3, "protocol": {**_digits_protocol(), "n_reference": len(ref_feats),
+                                        "reference": f"digits32@{ref.split}"}}
+
+
+def _metric_memorization(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .quality import memorization
+
+    if ref.dataset is None:
+        raise UserError("memorization needs the training data set: name it with --reference DATASET")
+    res = _resolution(s)
+    train = ref.load("train", res).x
+    held = ref.load("test", res).x
+    dev = ctx["device"]
+    out: dict[str, Any] = {"pixels": memorization(s.x.to(dev), train.to(dev), held.to(dev))}
+    protocol: dict[str, Any] = {
+        "feature_network": {"pixels": f"raw values ({'x'.join(map(str, s.x.shape[1:]))}), Euclidean"},
+        "feature_network_sha256": {"pixels": None},
+        "n_reference": {"train": len(train), "heldout": len(held)},
+        "reference": {"train": ref.label(res, "train"), "heldout": ref.label(res, "test")},
+    }
+    if ref.is_digits and s.kind == "image":  # reference images at the samples' resolution: copies give 0
+        from .digits_classifier import digits_features
+
+        feats = _sample_features(s, ctx)
+        out["features"] = memorization(feats.to(dev), digits_features(train, device=dev).to(dev),
+                                       digits_features(held, device=dev).to(dev))
+        dp = _digits_protocol()
+        protocol["feature_network"]["features"] = dp["feature_network"]
+        protocol["feature_network_sha256"]["features"] = dp["feature_network_sha256"]
+    out["flagged"] = any(v["flagged"] for v in out.values() if isinstance(v, dict))
+    return {**out, "protocol": protocol}
+
+
+def _metric_fid(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .fid import fid, image_stats, load_inception
+    from .frechet import GaussianStats
+
+    if s.kind != "image":
+        raise UserError("fid needs images, but the samples are points")
+    dev = ctx["device"]
+    extractor, info = load_inception(ctx["inception"], dev)
+    res = _resolution(s)
+    save = ctx.get("save_reference_stats")
+    if ref.stats_file is not None:
+        reference = GaussianStats.load(ref.stats_file)
+    else:
+        reference = image_stats(ref.load(resolution=res).x, extractor, ctx["batch"], dev)
+        reference.meta = {"feature_network": info["feature_network"],
+                          "feature_network_sha256": info["feature_network_sha256"], "reference": ref.label(res)}
+        if save and ctx["is_main"]:
+            reference.save(save)
+    out = fid(s.x, reference, extractor=extractor, info=info, batch=ctx["batch"], device=dev)
+    if save and ref.stats_file is None:
+        out["reference_stats_file"] = str(save)
+    value = out.pop("value")
+    n_gen = out.pop("n_generated")
+    return {"value": value, "protocol": {**out, "reference": ref.label(res), "n_generated": n_gen}}
+
+
+def _metric_sliced(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .sliced import sliced_wasserstein
+
+    res = _resolution(s)
+    ds = ref.load(resolution=res)
+    if tuple(ds.shape) != tuple(s.x.shape[1:]):
+        raise UserError(f"sliced: samples have shape {tuple(s.x.shape[1:])}, the reference {ref.label(res)} has "
+                        f"{tuple(ds.shape)}")
+    dev = ctx["device"]
+    out: dict[str, Any] = {"value": sliced_wasserstein(s.x.to(dev), ds.x.to(dev), SLICED_PROJECTIONS,
+                                                       torch.Generator().manual_seed(0))}
+    if ds.kind == "points":  # generated data are infinite: the value a perfect sampler of this size gets
+        from ..data import load_dataset
+
+        fresh = load_dataset(ref.dataset, split="train", n_points=len(s.x), seed=1)
+        out["floor"] = sliced_wasserstein(fresh.x.to(dev), ds.x.to(dev), SLICED_PROJECTIONS,
+                                          torch.Generator().manual_seed(0))
+    space = "pixels" if s.kind == "image" else "points"
+    return {**out, "protocol": {"feature_network": f"none ({space})", "feature_network_sha256": None,
+                                "n_reference": len(ds), "reference": ref.label(res),
+                                "n_projections": SLICED_PROJECTIONS, "projection_seed": 0}}
+
+
+def _metric_gmm(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .gmm import gmm_metrics
+
+    ds = ref.load() if ref.dataset is not None else None
+    if ds is None or ds.gmm is None:
+        raise UserError(f"gmm-nll needs a Gaussian-mixture data set (gmm, gmm64) as --reference, "
+                        f"not {ref.label()}")
+    out = gmm_metrics(s.x, ds.gmm, n_reference=POINTS_REFERENCE, seed=0, n_projections=SLICED_PROJECTIONS)
+    return {**out, "protocol": {"feature_network": "none (exact density)", "feature_network_sha256": None,
+                                "n_reference": POINTS_REFERENCE, "reference": f"{ref.dataset} (fresh draws)"}}
+
+
+_COMPUTE = {"fd-digits": _metric_fd_digits, "prdc": _metric_prdc, "memorization": _metric_memorization,
+            "fid": _metric_fid, "sliced": _metric_sliced, "gmm-nll": _metric_gmm}
+
+
+def _default_metrics(s: _Samples, ref: Reference) -> list[str]:
+    if s.kind == "image":
+        return ["fd-digits", "prdc", "memorization"] if ref.is_digits else ["sliced", "memorization"]
+    has_gmm = ref.dataset is not None and ref.dataset.strip().lower() in ("gmm", "gmm64")
+    return ["sliced", "gmm-nll"] if has_gmm else ["sliced"]
+
+
+def _parse_metrics(metrics: str | Sequence[str] | None) -> list[str] | None:
+    if metrics is None:
+        return None
+    names = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
+    bad = [m for m in names if m not in METRICS]
+    if bad:
+        raise UserError(f"unknown metric(s) {', '.join(bad)}: choose from {', '.join(METRICS)}")
+    if not names:
+        raise UserError("--metrics names no metric")
+    return list(dict.fromkeys(names))
+
+
+# ------------------------------------------------------------------------------------------------- entry
+
+
+def evaluate(
+    model_or_samples: Any,
+    metrics: str | Sequence[str] | None = None,
+    n: int | None = None,
+    reference: str | Path | None = None,
+    sampler: str = "heun",
+    nfe: int = 35,
+    seeds: str | Sequence[int] | None = None,
+    ema: bool = True,
+    batch: int = 256,
+    device: str | torch.device = "auto",
+    *,
+    inception: str | Path | None = None,
+    sampler_options: dict | None = None,
+    save_reference_stats: str | Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """Compute `metrics` for `model_or_samples` (see the module docstring) and return a JSON-ready dict:
+
+        {"results": {metric: {<numbers>, "protocol": {...}}}, "protocol": {...}, "environment": {...}}
+
+    Each metric's protocol is complete on its own: metric, feature network and its sha256, number of generated and
+    reference samples, reference set, sampler, NFE, EMA or raw, seeds, source. When generating, `n` samples (default
+    1000) are made for seeds 0..n−1 unless `seeds` says otherwise; for sample files `n` takes the first n.
+    Under torchrun every rank returns the same dict (generation and Inception features are sharded).
+    """
+    import fastdiffusion
+
+    from ..training import distributed
+
+    if n is not None and n < 2:
+        raise UserError(f"--n must be >= 2, got {n}")
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    chosen = _parse_metrics(metrics)
+    d = distributed.setup(str(device))
+    s = _load_source(model_or_samples, n, seeds, sampler, nfe, ema, batch, d.device, dict(sampler_options or {}),
+                     progress and d.is_main)
+    if len(s.x) < 4:
+        raise UserError(f"evaluation needs at least 4 samples, got {len(s.x)}")
+    if not torch.isfinite(s.x).all():
+        raise UserError("the samples contain NaN or infinite values")
+    ref = parse_reference(reference, s.data, s.kind)
+    chosen = chosen or _default_metrics(s, ref)
+    if ref.stats_file is not None and set(chosen) - {"fid"}:
+        raise UserError(f"--reference {ref.stats_file} is a statistics file, usable only by fid; "
+                        f"drop {', '.join(sorted(set(chosen) - {'fid'}))} or name a data set")
+    common = {**s.protocol, "n_generated": len(s.x), "data_shape": list(s.x.shape[1:])}
+    ctx = {"device": d.device, "inception": inception, "batch": batch, "is_main": d.is_main,
+           "save_reference_stats": save_reference_stats}
+    results = {}
+    for name in chosen:
+        out = _COMPUTE[name](s, ref, ctx)
+        out["protocol"] = {"metric": name, **common, **out["protocol"]}
+        results[name] = out
+    env = {"fastdiffusion": fastdiffusion.__version__, "torch": torch.__version__, "device": str(d.device),
+           "world_size": d.world_size}
+    return {"results": results, "protocol": common, "environment": env}
