@@ -57,8 +57,9 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
     reference = tmp_path / "ref" / f"ckpt-{steps:08d}"
     run = tmp_path / "killed"
     cmd = command(run)
-    rng, kills = random.Random(0), 0
-    for attempt in range(40):
+    rng, kills, launches = random.Random(0), 0, 0
+    while launches < 40:
+        launches += 1
         proc = subprocess.Popen([*cmd, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         # Wait for the first checkpoint of this attempt to start, then kill somewhere in the next checkpoints.
         deadline = time.time() + 120
@@ -75,7 +76,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
         if proc.wait(timeout=300) == 0:
             break
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    print(f"\n[fault] sigkill: {kills} kills over {attempt + 1} launches")
+    print(f"\n[fault] sigkill: {kills} kills over {launches} launches")
     assert kills >= 3 and proc.returncode == 0
     final = run / f"ckpt-{steps:08d}"
     assert same_weights(reference / "model.safetensors", final / "model.safetensors")
@@ -189,7 +190,7 @@ def test_second_training_on_same_run_dir_is_refused_and_kill_releases(tmp_path):
         train(cfg(run), quiet=True)
     lock.release()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fastdiffusion.training.lock import "
-                               f"RunLock; RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+                               "RunLock; RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
                                str(run)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(UserError, match="in use"):
