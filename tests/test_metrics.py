@@ -387,8 +387,8 @@ def test_evaluate_fid_wiring_folder_reference_and_stats_file(tmp_path, monkeypat
     from fastdiffusion.outputs import write_samples
 
     proj = torch.randn(3 * 16 * 16, 6, generator=torch.Generator().manual_seed(0))
-    stand_in = (lambda u8: (u8.float().flatten(1) / 255) @ proj, {"feature_network": "stand-in",
-                                                                   "feature_network_sha256": "f" * 64})
+    stand_in = (lambda u8: (u8.float().flatten(1) / 255) @ proj.to(u8.device),
+                {"feature_network": "stand-in", "feature_network_sha256": "f" * 64})
     monkeypatch.setattr(fid_module, "load_inception", lambda path=None, device="cpu": stand_in)
     ref_dir = tmp_path / "ref"
     write_samples(load_dataset("digits16", split="test").x, ref_dir, list(range(360)))  # a folder of PNGs

@@ -209,7 +209,7 @@ def test_errors(call: dict, match: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_group_norm_channels_last_path_matches_native() -> None:
+def test_group_norm_nhwc_form_matches_native() -> None:
     from fastdiffusion.nets.unet import GroupNorm
 
     torch.manual_seed(0)
@@ -218,6 +218,6 @@ def test_group_norm_channels_last_path_matches_native() -> None:
         norm.weight.normal_()
         norm.bias.normal_()
     x = torch.randn(3, 64, 8, 8) * 3 + 1
-    y_cl = norm(x.to(memory_format=torch.channels_last))
+    y_cl = norm._forward_nhwc(x.to(memory_format=torch.channels_last))  # the torch.compile path
     assert y_cl.is_contiguous(memory_format=torch.channels_last)  # the layout survives the norm
     torch.testing.assert_close(y_cl, norm(x), rtol=1e-5, atol=1e-5)

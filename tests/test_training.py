@@ -97,3 +97,20 @@ def test_points_data_trains_an_mlp(tmp_path):
     assert (tmp_path / "p" / "samples.png").stat().st_size > 0
     meta = json.loads((ckpt / "state.json").read_text())["model"]
     assert meta["data_shape"] == [2] and meta["net"]["arch"] == "mlp"
+
+
+# Tolerances: channels_last only changes memory layout; compile reorders float sums, and Adam's normalised steps turn
+# near-zero gradient differences into weight differences up to ~lr; bf16 keeps 8 bits of mantissa in activations.
+@pytest.mark.parametrize(("data", "net", "switch", "loss_rel", "weight_atol"), [
+    ("digits", "ddpmpp-tiny", {"channels_last": True}, 1e-5, 1e-5),
+    ("moons", "mlp", {"compile": True}, 1e-4, 2e-3),
+    ("digits", "ddpmpp-tiny", {"precision": "bf16"}, 0.05, None),  # Adam moves weights ~lr per step either way
+])
+def test_performance_switches_leave_results_unchanged(tmp_path, data, net, switch, loss_rel, weight_atol):
+    opts = {"data": data, "net": net, "net_options": {} if net == "mlp" else {"dropout": 0.0}, "steps": 3}
+    ref = train(tiny(tmp_path / "ref", **opts), quiet=True)
+    fast = train(tiny(tmp_path / "fast", **opts, **switch), quiet=True)
+    assert losses(tmp_path / "fast") == pytest.approx(losses(tmp_path / "ref"), rel=loss_rel)
+    if weight_atol is not None:
+        wa, wb = weights(ref), weights(fast)
+        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < weight_atol

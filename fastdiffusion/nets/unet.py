@@ -71,15 +71,17 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(max(1, min(32, num_channels // 4)), num_channels, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if torch.compiler.is_compiling() and x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
             return self._forward_nhwc(x)
         y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
         return y.to(x.dtype)
 
     def _forward_nhwc(self, x: Tensor) -> Tensor:
-        # The CUDA group_norm kernel wants NCHW: it would copy a channels_last input and hand back an NCHW output,
-        # and every following op would then mix layouts (measured 27% slower per training step on an H200).
-        # In NHWC memory a group is a contiguous run of C/G channels, so the statistics are a plain reduction.
+        """GroupNorm written for channels_last memory, where a group is a contiguous run of C/G channels.
+
+        Used under torch.compile only: the CUDA group_norm kernel wants NCHW, so a compiled channels_last network
+        would copy around every norm (this form: 57 vs 71 ms per DDPM++ CIFAR-10 training step of batch 128,
+        H200, bf16). Eager mode keeps the native kernel, whose backward is faster and leaner than these ops."""
         n, c, h, w = x.shape
         xg = x.float().permute(0, 2, 3, 1).reshape(n, h * w, self.num_groups, c // self.num_groups)
         var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)

@@ -55,6 +55,8 @@ class TrainConfig:
     on_faults: str = "rollback"  # rollback (to the newest checkpoint, lr halved) or abort
     max_rollbacks: int = 3
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
+    channels_last: bool | None = None  # None = on for image networks on CUDA
+    compile: bool | None = None  # torch.compile the training step's model; None = on for CUDA
     seed: int = 0
     ckpt_every: int = 500
     keep_ckpts: int = 3

@@ -55,14 +55,20 @@ class Batch:
     noise: Tensor
 
 
+def _layout(x: Tensor) -> torch.memory_format:
+    channels_last = x.ndim == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def draw_batch(data: Tensor, cfg: TrainConfig, process, gen: torch.Generator) -> Batch:
     """Examples (with optional flips), sigma ~ the process's training density, and noise, for the global batch."""
     idx = torch.randint(len(data), (cfg.batch,), generator=gen, device=gen.device)
     x0 = data[idx.to(data.device)].to(gen.device)
+    x0 = x0.contiguous(memory_format=_layout(data))
     if cfg.xflip and x0.ndim == 4:
         x0 = random_hflip(x0, gen)
     sigma = process.sample_sigma(cfg.batch, gen)
-    noise = torch.randn(x0.shape, generator=gen, device=gen.device)
+    noise = torch.randn(x0.shape, generator=gen, device=gen.device).contiguous(memory_format=_layout(x0))
     return Batch(x0, sigma, noise)
 
 
@@ -88,7 +94,7 @@ def _net_config_for(cfg: TrainConfig, data: Dataset) -> dict:
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
     sd = opt.state_dict()
-    tensors = {f"opt.{i}.{k}": v.detach().cpu() for i, s in sd["state"].items() for k, v in s.items()}
+    tensors = {f"opt.{i}.{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()}
     return tensors, {"param_groups": sd["param_groups"]}
 
 
@@ -99,6 +105,10 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta
             _, i, k = key.split(".", 2)
             state.setdefault(int(i), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for p, st in opt.state.items():  # moments take their parameter's memory layout (channels_last) back
+        for k, v in st.items():
+            if v.shape == p.shape:
+                st[k] = torch.empty_like(p).copy_(v)
 
 
 def _rng_tensors(gen: torch.Generator) -> dict[str, Tensor]:
@@ -145,6 +155,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         ncfg = _net_config_for(cfg, self.data)
         self.model = Denoiser(build_net(**ncfg), self.process, ncfg, self.data.shape).to(dev)
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
+        auto = dev.type == "cuda"
+        self.channels_last = self.data.kind == "image" and (auto if cfg.channels_last is None else cfg.channels_last)
+        self.compiled = auto if cfg.compile is None else cfg.compile
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model)
         # Fused Adam skips a step on device when ``found_inf`` is set: non-finite steps cost no host sync.
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=True)
@@ -155,8 +171,9 @@ class Trainer:
         self.fault_run = 0  # non-finite steps since the last log interval without any
         self._rng: dict[str, Tensor] | None = None
         self.lock: RunLock | None = None
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
         self.train_data = self.data.x.to(dev)
+        if self.channels_last:
+            self.train_data = self.train_data.contiguous(memory_format=torch.channels_last)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.lock = RunLock(self.run_dir)
@@ -178,6 +195,8 @@ class Trainer:
             torch.set_rng_state(self._rng["rng.torch"])
         self.ddp = (DistributedDataParallel(self.model, device_ids=[dev] if dev.type == "cuda" else None)
                     if self.dist.world_size > 1 else self.model)
+        if self.compiled:
+            self.ddp = torch.compile(self.ddp)
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "config.json", cfg.to_json())
 
