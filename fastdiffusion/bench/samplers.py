@@ -359,21 +359,26 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     problems = list(result["problems"])
+    keys = list(dict.fromkeys(f"{r['sampler']}@{r['schedule']}" for r in result["results"]))
+    colors, styles = plt.get_cmap("tab20").colors, ("-", "--", ":", "-.")
     cols = min(2, len(problems))
-    fig, axes = plt.subplots(math.ceil(len(problems) / cols), cols, figsize=(6 * cols, 4.5 * math.ceil(
-        len(problems) / cols)), squeeze=False)
+    rows_n = math.ceil(len(problems) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6 * cols, 4.5 * rows_n), squeeze=False, constrained_layout=True)
     for ax, problem in zip(axes.ravel(), problems, strict=False):
         rows = [r for r in result["results"] if r["problem"] == problem and r["error"] is not None]
-        for key in dict.fromkeys(f"{r['sampler']}@{r['schedule']}" for r in rows):
+        for j, key in enumerate(keys):
             pts = sorted((r["nfe"], r["error"]) for r in rows if f"{r['sampler']}@{r['schedule']}" == key)
-            ax.loglog(*zip(*pts, strict=True), marker="o", ms=3, label=key)
+            if pts:
+                ax.loglog(*zip(*pts, strict=True), marker="o", ms=3, color=colors[(2 * j) % 20 + (j >= 10)],
+                          linestyle=styles[j % len(styles)], label=key)
         ax.set_title(f"{problem} (D = {result['problems'][problem]['dim']})")
         ax.set_xlabel("NFE")
-        ax.set_ylabel("endpoint error")
+        ax.set_ylabel("endpoint error (mean L2 to exact PF-ODE endpoint)")
         ax.grid(True, which="both", alpha=0.3)
     for ax in axes.ravel()[len(problems):]:
         ax.axis("off")
-    axes.ravel()[0].legend(fontsize=7)
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

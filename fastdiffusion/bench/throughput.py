@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -77,9 +78,13 @@ def count_flops(trainer: Trainer, batch: int, backward: bool) -> float:
 
 
 def bench_mode(cfg: TrainConfig, *, warmup: int, window: int, repeats: int, sample_batch: int) -> dict:
-    """One precision mode: training step time and sampling throughput of a fresh ``Trainer``."""
+    """One switch set: training step time and sampling throughput of a fresh ``Trainer``.
+
+    Under torchrun every rank trains its share of the global batch (DDP) and samples its own ``sample_batch``;
+    figures are aggregates over all GPUs (rank 0's timing; DDP steps are synchronous).
+    """
     trainer = Trainer(cfg, quiet=True)
-    dev = trainer.dist.device
+    dev, world = trainer.dist.device, trainer.dist.world_size
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     step_s = timed_windows(trainer.train_step, dev, warmup, window, repeats)
@@ -88,21 +93,24 @@ def bench_mode(cfg: TrainConfig, *, warmup: int, window: int, repeats: int, samp
     model = trainer.ema.model
     if trainer.compiled and dev.type == "cuda":
         model = torch.compile(model, mode="reduce-overhead")  # CUDA graphs: the sampling shapes are static
-    x = torch.randn(sample_batch, *trainer.data.shape, device=dev)
+    x = torch.randn(max(sample_batch, 1), *trainer.data.shape, device=dev)
     if trainer.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    sigma = torch.full((sample_batch,), 1.0, device=dev)
+    sigma = torch.full((max(sample_batch, 1),), 1.0, device=dev)
 
     @torch.no_grad()
     def call() -> None:
         with torch.autocast(dev.type, torch.bfloat16, enabled=trainer.bf16):
             model(x, sigma)
 
-    call_s = timed_windows(call, dev, max(2, warmup // 2), window, repeats)
-    fwd_flops = count_flops(trainer, min(sample_batch, 64), backward=False)
+    call_s = timed_windows(call, dev, max(2, warmup // 2), window, repeats) if sample_batch else float("nan")
+    fwd_flops = count_flops(trainer, 64, backward=False)
     peak = peak_tflops(dev)
     achieved = train_flops * cfg.batch / step_s
+    trainer.close()
     return {
+        "world_size": world,
+        "per_gpu_batch": cfg.batch // world,
         "precision": "bf16" if trainer.bf16 else "fp32",
         "channels_last": trainer.channels_last,
         "compile": trainer.compiled,
@@ -112,50 +120,59 @@ def bench_mode(cfg: TrainConfig, *, warmup: int, window: int, repeats: int, samp
         "train_tflops": achieved / 1e12,
         "mfu": achieved / (peak * 1e12) if peak else None,
         "peak_mem_gib": peak_mem,
-        "sample_batch": sample_batch,
-        "sample_img_calls_per_s": sample_batch / call_s,
+        "sample_batch_per_gpu": sample_batch,
+        "sample_img_calls_per_s": world * sample_batch / call_s,
         "forward_gflop_per_img": fwd_flops / 1e9,
     }
 
 
-def run(net: str, data: str, batch: int, modes: list[str], *, warmup: int, window: int, repeats: int,
+def run(net: str, data: str, batches: list[int], modes: list[str], *, warmup: int, window: int, repeats: int,
         sample_batch: int, device: str) -> dict:
+    """Every (mode, per-GPU batch) pair in order, in this process; ratios against the first mode at each batch."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in modes:
-            if mode not in MODES:
-                raise SystemExit(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
-            cfg = TrainConfig(run_dir=f"{tmp}/{mode}", data=data, net=net, process="edm", batch=batch,
-                              device=device, steps=10**9, **MODES[mode])
-            results[mode] = bench_mode(cfg, warmup=warmup, window=window, repeats=repeats,
-                                       sample_batch=sample_batch)
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    base = results[modes[0]]
-    ratios = {m: {"train_speedup": base["train_s_per_kimg"] / r["train_s_per_kimg"],
-                  "sample_speedup": r["sample_img_calls_per_s"] / base["sample_img_calls_per_s"]}
-              for m, r in results.items()}
-    return {**provenance(device if device != "auto" else None), "net": net, "data": data, "batch": batch,
+        for batch in batches:
+            for mode in modes:
+                if mode not in MODES:
+                    raise SystemExit(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
+                key = f"{mode}@{batch}"
+                cfg = TrainConfig(run_dir=f"{tmp}/{key}", data=data, net=net, process="edm", batch=batch * world,
+                                  device=device, steps=10**9, **MODES[mode])
+                results[key] = bench_mode(cfg, warmup=warmup, window=window, repeats=repeats,
+                                          sample_batch=sample_batch)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    ratios = {}
+    for key, r in results.items():
+        base = results[f"{modes[0]}@{key.split('@')[1]}"]
+        ratios[key] = {"train_speedup": base["train_s_per_kimg"] / r["train_s_per_kimg"],
+                       "sample_speedup": r["sample_img_calls_per_s"] / base["sample_img_calls_per_s"]}
+    return {**provenance(device if device != "auto" else None), "net": net, "data": data, "world_size": world,
             "timing": {"warmup": warmup, "window": window, "repeats": repeats, "statistic": "median window"},
             "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
-            "modes": results, f"ratios_vs_{modes[0]}": ratios}
+            "results": results, f"ratios_vs_{modes[0]}": ratios}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", default="ddpmpp-cifar10")
     p.add_argument("--data", default="digits32")
-    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--batch", default="512", help="per-GPU batch, or a comma list to sweep")
     p.add_argument("--modes", default="fp32,bf16,fast", help=f"comma list of {', '.join(MODES)}, measured in order")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--sample-batch", type=int, default=1024)
+    p.add_argument("--sample-batch", type=int, default=1024, help="per GPU; 0 skips the sampling measurement")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, help="write the results JSON here")
 
 
 def main(args: argparse.Namespace) -> dict:
-    result = run(args.net, args.data, args.batch, args.modes.split(","), warmup=args.warmup, window=args.window,
+    batches = [int(b) for b in str(args.batch).split(",")]
+    result = run(args.net, args.data, batches, args.modes.split(","), warmup=args.warmup, window=args.window,
                  repeats=args.repeats, sample_batch=args.sample_batch, device=args.device)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return result
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
