@@ -39,3 +39,29 @@ class Denoiser(nn.Module):
         c_skip, c_out, c_in = (c.float().reshape(shape) for c in (pc.c_skip, pc.c_out, pc.c_in))
         out = self.net(c_in * x, pc.c_noise.float(), class_labels)
         return c_skip * x + c_out * out.float()
+
+
+class PSLDModel(nn.Module):
+    """A PSLD ε-network ``ε_θ(z, t)`` on the augmented state z = (x, m): the network sees and predicts both channel
+    groups (2C channels in and out) and is conditioned on ``process.c_noise(t)``; the score is −L_t^{-T} ε_θ.
+
+    Like ``Denoiser`` it knows its process, network config and data shape (of x alone), so ``load_model`` rebuilds it
+    from its JSON description. The output is returned in fp32 whatever precision the network runs in.
+    """
+
+    def __init__(self, net: nn.Module, process: Process, net_config: dict, data_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.process = process
+        self.net_config = dict(net_config)
+        self.data_shape = tuple(data_shape)
+
+    def forward(self, z: Tensor, t: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64, device=z.device).reshape(-1).expand(z.shape[0])
+        return self.net(z.float(), self.process.c_noise(t).float(), class_labels).float()
+
+
+def wrap_net(net: nn.Module, process: Process, net_config: dict, data_shape: tuple[int, ...]) -> nn.Module:
+    """The trained-model wrapper for ``process``: ``PSLDModel`` for PSLD, else the EDM-family ``Denoiser``."""
+    cls = PSLDModel if getattr(process, "family", "edm") == "psld" else Denoiser
+    return cls(net, process, net_config, data_shape)

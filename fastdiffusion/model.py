@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import list_checkpoints, read_weights, save_weights, state_dict_cpu, verify_checkpoint
-from .denoiser import Denoiser
+from .denoiser import Denoiser, wrap_net
 from .errors import UserError
 from .nets import build_net
 from .processes import process_from_config
@@ -18,11 +18,11 @@ def model_meta(model: Denoiser) -> dict:
 
 
 def build_model(meta: dict) -> Denoiser:
-    """A fresh ``Denoiser`` from ``model_meta``-style JSON."""
+    """A fresh ``Denoiser`` (a ``PSLDModel`` for a PSLD process) from ``model_meta``-style JSON."""
     try:
         process = process_from_config(meta["process"])
         net = build_net(**meta["net"])
-        return Denoiser(net, process, meta["net"], tuple(meta["data_shape"]))
+        return wrap_net(net, process, meta["net"], tuple(meta["data_shape"]))
     except KeyError as e:
         raise UserError(f"model description lacks {e}: not a fastdiffusion model file") from None
 

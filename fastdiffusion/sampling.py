@@ -10,7 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .samplers import SamplerSpec, get_sampler, make_sigmas
+from .samplers import SAMPLERS, SamplerSpec, get_sampler, make_sigmas
 
 # EDM's default sampling range, used for bare callables that do not say their own.
 DEFAULT_RANGE = (0.002, 80.0)
@@ -21,6 +21,7 @@ class CountingDenoiser:
 
     def __init__(self, model: Callable, class_labels: Tensor | None = None, progress: tqdm | None = None) -> None:
         self.model, self.class_labels, self.progress, self.calls = model, class_labels, progress, 0
+        self.process = getattr(model, "process", None)  # PSLD samplers ask the model's process for coefficients
 
     def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         self.calls += 1
@@ -62,20 +63,30 @@ def sample(model: Callable, noise: Tensor, *, sampler: str = "heun", nfe: int = 
     """Generate data from standard-normal ``noise`` with exactly ``nfe`` calls of ``model``.
 
     ``model`` is a ``Denoiser`` (its process sets the sigma range) or any callable ``D(x, sigma[, labels])`` returning
-    the denoised ``x_0`` estimate. The state is kept in fp32 whatever precision the model runs in. ``noise_fn`` draws
+    the denoised ``x_0`` estimate. A PSLD model (``model.process.family == 'psld'``, ``model(z, t) -> eps``) is sampled
+    by a PSLD sampler in z = (x, m) from the PSLD prior and returns x; ``noise`` is its x half, as for any model.
+    The state is kept in fp32 whatever precision the model runs in. ``noise_fn`` draws
     the fresh noise of stochastic samplers (pass ``SeededNoise(seeds)`` for per-image reproducibility).
     """
     spec = check_sampler_args(sampler, nfe, hyper)
+    family = getattr(getattr(model, "process", None), "family", "edm")
+    if spec.family != family:
+        names = ", ".join(sorted(n for n, s in SAMPLERS.items() if s.family == family))
+        raise UserError(f"sampler '{sampler}' is a {spec.family} sampler and this is a {family} model: use one of "
+                        f"{names}")
     lo, hi = sampling_range(model)
     sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho)
     bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE", disable=not progress, leave=False)
     den = CountingDenoiser(model, class_labels, bar)
-    x = noise.float() * sigmas[0].float()
+    if family == "psld":  # PSLD samples z = (x, m) from its prior: x from ``noise``, m drawn by ``noise_fn``
+        x = model.process.prior(noise.float(), (noise_fn or torch.randn_like)(noise.float()))
+    else:
+        x = noise.float() * sigmas[0].float()
     x = spec.fn(den, x, sigmas.to(x.device), noise=noise_fn, callback=callback, **{**spec.hyper, **hyper})
     bar.close()
     if den.calls != nfe:
         raise RuntimeError(f"sampler '{sampler}' made {den.calls} network calls, not the {nfe} it reports")
-    return x
+    return x[:, : noise.shape[1]] if family == "psld" else x
 
 
 def generate(model: Callable, seeds: list[int], *, data_shape: tuple[int, ...] | None = None, batch: int = 256,

@@ -118,7 +118,7 @@ def bench_mode(cfg: TrainConfig, *, warmup: int, window: int, repeats: int, samp
         "train_img_per_s": cfg.batch / step_s,
         "train_gflop_per_img": train_flops / 1e9,
         "train_tflops": achieved / 1e12,
-        "mfu": achieved / (peak * 1e12) if peak else None,
+        "mfu": achieved / (world * peak * 1e12) if peak else None,
         "peak_mem_gib": peak_mem,
         "sample_batch_per_gpu": sample_batch,
         "sample_img_calls_per_s": world * sample_batch / call_s,

@@ -39,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A 32px / 16px network for a single GPU: ~7M parameters at 32px.
     "ddpmpp-small": dict(arch="ddpmpp", model_channels=64, channel_mult=[1, 2, 2], num_blocks=2,
                          attn_resolutions=[16], dropout=0.10),
-    # CPU-sized (~0.5M): trains on 16x16 digits on two cores; attention only in the 8x8 level.
+    # CPU-sized (0.75M at 16x16x1): ~5 training steps/s of batch 64 on two CPU cores; attention at 8x8 only.
     "ddpmpp-tiny": dict(arch="ddpmpp", model_channels=32, channel_mult=[1, 2], num_blocks=1,
                         attn_resolutions=[8], dropout=0.0),
     # 2-D toys and low-dimensional Gaussian mixtures.

@@ -319,7 +319,7 @@ class SongUNet(nn.Module):
                     enc.aux_down = Resample(c_aux, "down", resample_filter)
                     enc.aux_skip = conv(c_aux, c, 1)
                 elif encoder_type == "residual":
-                    # conv first, then downsample: the aux image has few channels, so this is the cheap order.
+                    # NCSN++'s progressive input: a 3x3 conv at the finer resolution, then the FIR downsample.
                     enc.aux_residual = nn.Sequential(conv(c_aux, c, 3), Resample(c, "down", resample_filter))
                     c_aux = c
                 skip_channels.append(c)

@@ -1,4 +1,5 @@
-"""Forward processes by name: ``edm``, ``vp``, ``ve`` and the momentum variants ``fdm-edm``, ``fdm-vp``, ``fdm-ve``."""
+"""Forward processes by name: ``edm``, ``vp``, ``ve``, the momentum variants ``fdm-edm``, ``fdm-vp``, ``fdm-ve``, and
+``psld`` (phase space Langevin diffusion on the augmented state (x, m))."""
 
 from __future__ import annotations
 
@@ -8,16 +9,27 @@ from ..errors import UserError
 from .base import Precond, Process
 from .edm import EDM, VE, VP
 from .fdm import FDM
+from .psld import PSLD
 
 BASES = {"edm": EDM, "vp": VP, "ve": VE}
 # FDM's loss warm-up lengths of the reference CIFAR-10 configs, per base process.
 FDM_WARMUP = {"edm": 200, "vp": 400, "ve": 400}
 FDM_FIELDS = ("multiplier", "warmup_ite", "fdm_beta_min", "fdm_beta_d")
-PROCESS_NAMES = (*BASES, *(f"fdm-{b}" for b in BASES))
+PROCESS_NAMES = (*BASES, *(f"fdm-{b}" for b in BASES), "psld")
+
+
+def state_groups(name: str) -> int:
+    """Channel groups of the state a process named ``name`` diffuses: 2 for PSLD's (x, m), else 1."""
+    return PSLD.state_groups if name == "psld" else 1
 
 
 def make_process(name: str, **kwargs: Any) -> Process:
     """Build a process by name; ``kwargs`` override its constants (FDM ones: multiplier, warmup_ite, ...)."""
+    if name == "psld":
+        try:
+            return PSLD(**kwargs)
+        except TypeError as e:
+            raise UserError(f"bad option for process 'psld': {e}") from None
     fdm = name.startswith("fdm-")
     base_name = name.removeprefix("fdm-")
     if base_name not in BASES:
@@ -41,4 +53,5 @@ def process_from_config(cfg: dict) -> Process:
     return make_process(cfg.pop("name"), **cfg)
 
 
-__all__ = ["EDM", "FDM", "PROCESS_NAMES", "Precond", "Process", "VE", "VP", "make_process", "process_from_config"]
+__all__ = ["EDM", "FDM", "PROCESS_NAMES", "PSLD", "Precond", "Process", "VE", "VP", "make_process",
+           "process_from_config", "state_groups"]

@@ -74,21 +74,39 @@ class PSLDMixtureEps:
         return self.mixture.weights.log()[None] + log_n, gx, gm
 
     def score(self, z: Tensor, t: Tensor | float) -> Tensor:
-        """∇_z log p_t(z), same shape and dtype as ``z``."""
+        """∇_z log p_t(z), same shape and dtype as ``z``.
+
+        Scalar t: the quadratic forms are expanded into matrix products over the D pairs (no (N, K, D) temporaries),
+        with C_kd⁻¹ = [[i_xx, i_xm], [i_xm, i_mm]] and ν_kd = C_kd⁻¹ a_t μ_kd:
+        (z_d − a μ)ᵀ C⁻¹ (z_d − a μ) = i_xx x² + 2 i_xm x m + i_mm m² − 2 (x, m)·ν + (a μ)ᵀ ν.
+        """
         n = z.shape[0]
-        x, m = (v.reshape(n, -1).double().cpu() for v in split(z))
-        tt = _times(t, n)
-        rows = max(1, _CHUNK_ELEMENTS // (self.mixture.n_components * self.mixture.dim))
-        out_x, out_m = [], []
-        for lo in range(0, n, rows):
-            sl = slice(lo, lo + rows)
-            log_terms, gx, gm = self.log_terms_and_score(x[sl], m[sl], tt if tt.ndim == 0 else tt[sl])
-            r = (log_terms - log_terms.logsumexp(dim=1, keepdim=True)).exp()[..., None]
-            out_x.append((r * gx).sum(1))
-            out_m.append((r * gm).sum(1))
-        sx, sm = torch.cat(out_x), torch.cat(out_m)
         xs, _ = split(z)
+        x, m = (v.reshape(n, -1).double() for v in split(z))
+        tt = _times(t, n)
+        if tt.ndim == 0:
+            sx, sm = self._score_products(x, m, tt)
+        else:
+            log_terms, gx, gm = self.log_terms_and_score(x.cpu(), m.cpu(), tt)
+            r = (log_terms - log_terms.logsumexp(dim=1, keepdim=True)).exp()[..., None]
+            sx, sm = (r * gx).sum(1).to(x.device), (r * gm).sum(1).to(x.device)
         return join(sx.reshape(xs.shape), sm.reshape(xs.shape)).to(z)
+
+    def _score_products(self, x: Tensor, m: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        ax, am, sxx, sxm, smm = (float(v) for v in self._moments(t)[:5])
+        mu, var, log_w = (v.to(x.device) for v in (self.mixture.means, self.mixture.variances,
+                                                    self.mixture.weights.log()))  # (K, D), (K,)
+        cxx, cxm, cmm = var * ax**2 + sxx, var * ax * am + sxm, var * am**2 + smm
+        det = cxx * cmm - cxm**2
+        ixx, ixm, imm = cmm / det, -cxm / det, cxx / det
+        nx, nm = (ixx * ax + ixm * am) * mu, (ixm * ax + imm * am) * mu
+        const = (ax * mu * nx + am * mu * nm).sum(1) + det.log().sum(1)
+        quad = (x * x) @ ixx.T + 2 * (x * m) @ ixm.T + (m * m) @ imm.T - 2 * (x @ nx.T + m @ nm.T) + const
+        log_terms = log_w - 0.5 * quad
+        r = (log_terms - log_terms.logsumexp(dim=1, keepdim=True)).exp()
+        sx = -(x * (r @ ixx) + m * (r @ ixm) - r @ nx)
+        sm = -(x * (r @ ixm) + m * (r @ imm) - r @ nm)
+        return sx, sm
 
     def log_prob(self, z: Tensor, t: Tensor | float) -> Tensor:
         """log p_t(z), shape (N,); differentiable in z (used to check the score by autograd)."""

@@ -7,6 +7,7 @@ from . import (
     classic,  # noqa: F401  (registers euler, heun)
     conjugate,  # noqa: F401  (registers lambda-ddim, conjugate-ddim)
     multistep,  # noqa: F401  (registers ddim, dpmpp-2m, dpmpp-3m, unipc, ipndm)
+    splitting,  # noqa: F401  (registers the PSLD samplers: em, sscs, nse, rse, nvv, rvv, noba, roba, sps-s, ...)
 )
 from .registry import SAMPLERS, SamplerSpec, get_sampler, one_call_per_step, register
 from .schedules import SCHEDULES, make_sigmas

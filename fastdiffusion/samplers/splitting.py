@@ -29,7 +29,14 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..processes.psld import PSLD, apply_block, cholesky2, join, split
+from .conjugate import LinearPFODE, conjugate_step, phi_coefficients, tuned_lambda
 from .registry import SamplerSpec, one_call_per_step, register
+
+# Per-NFE defaults (tuned on separate mixtures, see fastdiffusion/bench/psld_samplers.py); interpolated in ln NFE.
+PSLD_CONJ_LAMBDA: dict[int, float] = {10: 0.0, 200: 0.0}
+CSPS_D_LAMBDA: dict[int, float] = {10: 0.0, 200: 0.0}
+SPS_S_LAMBDA_S: dict[int, float] = {10: 1.0, 200: 1.0}
+CSPS_S_LAMBDA_S: dict[int, float] = {10: 1.0, 200: 1.0}
 
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 Noise = Callable[[Tensor], Tensor] | None
@@ -218,8 +225,10 @@ def noba(model: EpsModel, z: Tensor, ts: Tensor, *, noise: Noise = None, callbac
          lam_s: float = 1.0) -> Tensor:
     """Naive OBA on the reverse process with noise Λ G, Λ = diag(λ_s, 1) (marginals p_t for every λ_s): per step
     O: the exact Ornstein-Uhlenbeck part ``dz = −β/2 Λ² D̃ H z dτ + Λ G dW̄`` (``PSLD.friction_flow``) over [t', t];
-    B: m ← m + h [W z − (I + Λ²) K ε]_m with ε = ε(z, t'); A: x ← x + h [W z − (I + Λ²) K ε]_x with a fresh
-    ε(z, t') (W = ``PSLD.hamiltonian_matrix``). λ_s scales the noise injected in x (λ_s = 1: the reverse SDE).
+    B: m ← m + h [W z − (I + Λ²) K ε]_m with ε = ε(z, t); A: x ← x + h [W z − (I + Λ²) K ε]_x with a fresh
+    ε(z, t) (W = ``PSLD.hamiltonian_matrix``). λ_s scales the noise injected in x (λ_s = 1: the reverse SDE).
+    B and A are Euler steps over [t', t] taken at its start t: at the end t' the m-equation is stiffest (its rate
+    grows like β ν M / Σ_mm(t) as t → 0) and explicit steps evaluated there blow up at low NFE.
     2 NFE per step (plus 1 for the last step)."""
     p = _process(model)
     for i, (t, t_next) in enumerate(_steps(ts)):
@@ -227,9 +236,9 @@ def noba(model: EpsModel, z: Tensor, ts: Tensor, *, noise: Noise = None, callbac
             return final_step(model, z, t, lam_s, 1.0)
         h = t - t_next
         z = _o_step(p, z, t, t_next, lam_s, noise)
-        z = _b_step(p, z, model(z, t_next), t_next, h, lam_s)
-        eps = model(z, t_next)
-        z = _a_step(p, z, eps, t_next, h, lam_s)
+        z = _b_step(p, z, model(z, t), t, h, lam_s)
+        eps = model(z, t)
+        z = _a_step(p, z, eps, t, h, lam_s)
         _info(callback, i=i, t=t, z=z, eps=eps)
     return z
 
@@ -237,76 +246,186 @@ def noba(model: EpsModel, z: Tensor, ts: Tensor, *, noise: Noise = None, callbac
 @torch.no_grad()
 def roba(model: EpsModel, z: Tensor, ts: Tensor, *, noise: Noise = None, callback: Callback = None,
          lam_s: float = 1.0) -> Tensor:
-    """Reduced OBA: NOBA with one ε = ε(z, t') per step, evaluated after O and shared by B and A. 1 NFE per step."""
+    """Reduced OBA: NOBA with one ε = ε(z, t) per step, evaluated after O and shared by B and A. 1 NFE per step."""
     p = _process(model)
     for i, (t, t_next) in enumerate(_steps(ts)):
         if t_next == 0:
             return final_step(model, z, t, lam_s, 1.0)
         h = t - t_next
         z = _o_step(p, z, t, t_next, lam_s, noise)
-        eps = model(z, t_next)
-        z = _a_step(p, _b_step(p, z, eps, t_next, h, lam_s), eps, t_next, h, lam_s)
+        eps = model(z, t)
+        z = _a_step(p, _b_step(p, z, eps, t, h, lam_s), eps, t, h, lam_s)
         _info(callback, i=i, t=t, z=z, eps=eps)
     return z
 
 
-# -- conjugate integrators (λ-DDIM with B = λ 1 on the PSLD PF-ODE) -------------------------------------------------
+# -- conjugate integrators (through the conjugate core, fastdiffusion.samplers.conjugate) ----------------------------
+# The conjugate samplers write the score as s = C_skip z + C_out ε̄ with C_out = −L_t^{-T} and C_skip = −κ H
+# (κ = ``precondition``: 0 is the plain ε parameterisation, 1 takes out the score −H z of the stationary law, so that
+# ε̄ = ε − κ L_tᵀ H z is what the network adds to it). With a noise level Λ (Λ = 0: the PF-ODE) the reverse dynamics
+# between network calls is then linear in z and ε̄:
+#
+#     dz/dt = F̄ z + (I + Λ²) K ε̄,   F̄ = β/2 X̃,   X̃ = −Q̃ H − (1 − κ)(I + Λ²) D̃ H
+#
+# (for Λ = 0, X̃ = F̃ + κ D̃ H; for κ = 1 it is the rotation −Q̃ H, exact for the stationary law). The core turns it
+# into the conjugate Euler step z' = P z + Q ε̄ for a constant B.
 _GL_NODES = 24
 
 
-def conjugate_coefficients(p: PSLD, t: Tensor, t_next: Tensor, lam: float, precondition: float = 0.0
-                           ) -> tuple[Tensor, Tensor]:
-    """(P, Q), each (n, 2, 2), of the conjugate Euler step ``z' = P z + Q ε`` for steps t → t_next (tensors (n,)).
-
-    The score is written ``s = C_skip z + C_out ε̄`` with C_out = −L_t^{-T} and C_skip = −κ H (κ = ``precondition``:
-    0 is the plain ε parameterisation, 1 takes out the stationary score −H z, so ε̄ = ε − κ L_tᵀ H z). With
-    F̄ = F − ½ G Gᵀ C_skip = β/2 (F̃ + κ D̃ H) and B_t = λ β(t)/2 · 1 (1 the all-ones 2×2 block; for constant β this is
-    B = λβ/2 · 1), ẑ = A_t z with dA/dt = A (B − F̄) = A β/2 X, X = λ 1 − F̃ − κ D̃ H, so
-    A_t⁻¹ A_s = exp((b(s) − b(t)) X / 2). Euler on ``dẑ/dt = A B A⁻¹ ẑ + A K ε̄`` from t to t' gives
-
-        z' = E (I − h B_t) z − [∫_{t'}^{t} exp((b(s) − b(t')) X/2) K_s ds] ε̄,   E = exp((b(t) − b(t')) X/2),
-
-    the integral by Gauss-Legendre quadrature in ln s (K_s ~ s^{-1/2} near 0). λ = 0, κ = 0 is the exponential
-    integrator (DEIS-1 / "DDIM" in ε form).
-    """
-    t, t_next = t.double(), t_next.double()
-    dev = t.device
-    x_mat = lam * torch.ones(2, 2, dtype=torch.float64, device=dev) - p.F_tilde(dev) - precondition * (
-        p.D_tilde(dev) @ p.H(dev))
-    e = torch.linalg.matrix_exp((p.b(t) - p.b(t_next))[:, None, None] / 2 * x_mat)
-    h = (t - t_next)[:, None, None]
-    b_t = lam * p.beta(t)[:, None, None] / 2 * torch.ones(2, 2, dtype=torch.float64, device=dev)
-    nodes, weights = _gauss_legendre(_GL_NODES, dev)
-    lo, hi = t_next.log()[:, None], t.log()[:, None]
-    s = (lo + (hi - lo) * (nodes + 1) / 2).exp()  # (n, nodes)
-    w = (hi - lo) / 2 * weights * s
-    flow = torch.linalg.matrix_exp((p.b(s) - p.b(t_next)[:, None])[..., None, None] / 2 * x_mat)
-    integral = (w[..., None, None] * flow @ p.eps_matrix(s)).sum(1)
-    big_p = e @ (torch.eye(2, dtype=torch.float64, device=dev) - h * b_t)
-    r = -precondition * cholesky2(p.kernel_cov(t)).transpose(-1, -2) @ p.H(dev)
-    return big_p - integral @ r, -integral
+def _gain(p: PSLD, noise_x: float, noise_m: float, device: torch.device | None = None) -> Tensor:
+    return torch.diag(torch.tensor([1 + noise_x**2, 1 + noise_m**2], dtype=torch.float64, device=device))
 
 
-def _gauss_legendre(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _x_tilde(p: PSLD, precondition: float, noise_x: float = 0.0, noise_m: float = 0.0) -> Tensor:
+    """X̃ = −Q̃ H − (1 − κ)(I + Λ²) D̃ H (see above)."""
+    return -p.Q_tilde() @ p.H() - (1 - precondition) * _gain(p, noise_x, noise_m) @ p.D_tilde() @ p.H()
+
+
+def _gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
     import numpy as np
 
     x, w = np.polynomial.legendre.leggauss(n)
-    return (torch.tensor(x, dtype=torch.float64, device=device), torch.tensor(w, dtype=torch.float64, device=device))
+    return torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64)
+
+
+def _interval_weights(p: PSLD, t0: Tensor, t1: Tensor, b: Tensor, precondition: float, noise_x: float,
+                      noise_m: float, moment: int = 0) -> Tensor:
+    """−∫_{t1}^{t0} U(t1, s) (I + Λ²) K_s (s − t0)^moment ds for each step t0 → t1 (tensors (n,)), constant β, with
+    U(t1, s) = exp((s − t1)(B − F̄)) the flow of dz/dt = (F̄ − B) z from s to t1; Gauss-Legendre in ln s
+    (K_s ~ s^{-1/2} near 0)."""
+    nodes, weights = _gauss_legendre(_GL_NODES)
+    lo, hi = t1.log()[:, None], t0.log()[:, None]
+    s = (lo + (hi - lo) * (nodes + 1) / 2).exp()  # (n, nodes)
+    w = (hi - lo) / 2 * weights * s * (s - t0[:, None]) ** moment
+    a = b - p.beta_min / 2 * _x_tilde(p, precondition, noise_x, noise_m)
+    flow = torch.linalg.matrix_exp((s - t1[:, None])[..., None, None] * a)
+    gain_k = _gain(p, noise_x, noise_m) @ p.eps_matrix(s)
+    return -(w[..., None, None] * flow @ gain_k).sum(1)
+
+
+def _closed_form(p: PSLD, precondition: float, noise_x: float, noise_m: float):
+    """Exact (P, Q) for constant β: P = exp(h (B − F̄)) (I − h B), Q = ``_interval_weights`` (moment 0)."""
+
+    def closed_form(ts, b):
+        import numpy as np
+
+        t = torch.tensor(np.asarray(ts, dtype=np.float64))
+        t0, t1 = t[:-1], t[1:]
+        bb = torch.as_tensor(np.asarray(b), dtype=torch.float64)
+        h = (t0 - t1)[:, None, None]
+        a = bb - p.beta_min / 2 * _x_tilde(p, precondition, noise_x, noise_m)
+        big_p = torch.linalg.matrix_exp(h * a) @ (torch.eye(2, dtype=torch.float64) - h * bb)
+        return big_p.numpy(), _interval_weights(p, t0, t1, bb, precondition, noise_x, noise_m).numpy()
+
+    return closed_form
+
+
+def linear_ode(p: PSLD, precondition: float = 1.0, noise_x: float = 0.0, noise_m: float = 0.0) -> LinearPFODE:
+    """The conjugate core's description of ``dz/dt = F̄ z + (I + Λ²) K ε̄`` (see above) for this process: F̄ and the
+    gain as 2×2 float64 arrays, and a closed form when β is constant."""
+
+    def fbar(t: float):
+        return (p.beta(t) / 2 * _x_tilde(p, precondition, noise_x, noise_m)).numpy()
+
+    def gain(t: float):
+        return (_gain(p, noise_x, noise_m) @ p.eps_matrix(t)).numpy()
+
+    closed = _closed_form(p, precondition, noise_x, noise_m) if p.beta_min == p.beta_max else None
+    key = ("psld", tuple(sorted(p.config().items())), precondition, noise_x, noise_m)
+    return LinearPFODE(fbar=fbar, gain=gain, k=2, key=key, closed_form=closed)
+
+
+def _eps_bar(p: PSLD, eps: Tensor, z: Tensor, t: Tensor, precondition: float) -> Tensor:
+    """ε̄ = ε − κ L_tᵀ H z."""
+    if precondition == 0:
+        return eps
+    return eps - precondition * apply_block(p.kernel_chol(t).transpose(-1, -2) @ p.H(), z)
+
+
+def _body(ts: Tensor) -> list[float]:
+    return [float(t) for t in ts if t > 0]
+
+
+def _ones(lam: float) -> list[list[float]]:
+    """B = λ 1: λ times the all-ones 2×2 block (λ-DDIM-II)."""
+    return [[lam, lam], [lam, lam]]
 
 
 @torch.no_grad()
 def psld_conj(model: EpsModel, z: Tensor, ts: Tensor, *, noise: Noise = None, callback: Callback = None,
-              lam: float = 0.0, precondition: float = 0.0) -> Tensor:
-    """Conjugate integrator on the PSLD PF-ODE (λ-DDIM with B = λ β/2 · 1, see ``conjugate_coefficients``).
-    1 NFE per step, order 1."""
+              lam: float | None = None, precondition: float = 1.0) -> Tensor:
+    """Conjugate integrator on the PSLD PF-ODE (λ-DDIM with B = λ 1, 1 the all-ones 2×2 block), one Euler step in
+    ẑ = A_t z per network call: z' = P z + Q ε̄ with the core's P, Q for ``linear_ode(p, precondition)``.
+    ``lam = None`` takes the value tuned for this NFE (``PSLD_CONJ_LAMBDA``). 1 NFE per step, order 1."""
     p = _process(model)
-    body = ts[:-1][ts[1:] > 0]
-    coef_p, coef_q = conjugate_coefficients(p, body, ts[1:len(body) + 1], lam, precondition)
+    lam = tuned_lambda(len(ts) - 1, PSLD_CONJ_LAMBDA) if lam is None else float(lam)
+    coef = phi_coefficients(linear_ode(p, precondition), _body(ts), _ones(lam))
     for i, (t, t_next) in enumerate(_steps(ts)):
         if t_next == 0:
             return final_step(model, z, t)
         eps = model(z, t)
-        z = apply_block(coef_p[i], z) + apply_block(coef_q[i], eps)
+        z = conjugate_step(coef, i, z, _eps_bar(p, eps, z, t, precondition), apply=apply_block)
+        _info(callback, i=i, t=t, z=z, eps=eps)
+    return z
+
+
+@torch.no_grad()
+def csps_d(model: EpsModel, z: Tensor, ts: Tensor, *, noise: Noise = None, callback: Callback = None,
+           lam: float | None = None, precondition: float = 1.0) -> Tensor:
+    """CSPS-D: the conjugate step of ``psld_conj`` with ε̄ integrated as a linear function of time, its slope taken
+    from the last two calls (a two-step, Adams-Bashforth form of the velocity-Verlet half-kicks):
+
+        z' = P z + Q ε̄_i + Q₁ (ε̄_i − ε̄_{i−1}) / (t_i − t_{i−1}),   Q₁ = −∫_{t'}^{t} U(t', s) K_s (s − t_i) ds,
+
+    the first step without the slope term. Order 2 for λ = 0 (order 1 otherwise: the B term is an Euler step).
+    1 NFE per step; needs a constant β (the moment weights use the closed form). ``lam = None``: tuned per NFE."""
+    p = _process(model)
+    if p.beta_min != p.beta_max:
+        raise UserError("csps-d needs a constant beta (beta_min == beta_max); use psld-conj")
+    lam = tuned_lambda(len(ts) - 1, CSPS_D_LAMBDA) if lam is None else float(lam)
+    body = _body(ts)
+    coef = phi_coefficients(linear_ode(p, precondition), body, _ones(lam))
+    grid = torch.tensor(body, dtype=torch.float64)
+    b = torch.tensor(_ones(lam), dtype=torch.float64)
+    q1 = _interval_weights(p, grid[:-1], grid[1:], b, precondition, 0.0, 0.0, moment=1)
+    prev: tuple[Tensor, Tensor] | None = None
+    for i, (t, t_next) in enumerate(_steps(ts)):
+        if t_next == 0:
+            return final_step(model, z, t)
+        eps = model(z, t)
+        eps_bar = _eps_bar(p, eps, z, t, precondition)
+        z_next = conjugate_step(coef, i, z, eps_bar, apply=apply_block)
+        if prev is not None:
+            z_next = z_next + apply_block(q1[i], (eps_bar - prev[0]) / (t - prev[1]))
+        prev, z = (eps_bar, t), z_next
+        _info(callback, i=i, t=t, z=z, eps=eps)
+    return z
+
+
+@torch.no_grad()
+def sps_s(model: EpsModel, z: Tensor, ts: Tensor, *, noise: Noise = None, callback: Callback = None,
+          lam_s: float | None = None) -> Tensor:
+    """SPS-S: reduced OBA (``roba``) with the x-noise level λ_s tuned per NFE (``SPS_S_LAMBDA_S``). 1 NFE per step."""
+    lam_s = tuned_lambda(len(ts) - 1, SPS_S_LAMBDA_S) if lam_s is None else float(lam_s)
+    return roba(model, z, ts, noise=noise, callback=callback, lam_s=lam_s)
+
+
+@torch.no_grad()
+def csps_s(model: EpsModel, z: Tensor, ts: Tensor, *, noise: Noise = None, callback: Callback = None,
+           lam_s: float | None = None, precondition: float = 1.0) -> Tensor:
+    """CSPS-S, conjugate OBA: O exactly as in ``roba`` (noise Λ G, Λ = diag(λ_s, 1)), then one ε = ε(z, t) whose B
+    and A updates are replaced by the conjugate step of the remaining linear dynamics over [t', t]:
+    ``z ← P z + Q ε̄`` for ``linear_ode(p, precondition, λ_s, 1)`` with B = 0 (exact in z, ε̄ frozen).
+    1 NFE per step. ``lam_s = None``: tuned per NFE (``CSPS_S_LAMBDA_S``)."""
+    p = _process(model)
+    lam_s = tuned_lambda(len(ts) - 1, CSPS_S_LAMBDA_S) if lam_s is None else float(lam_s)
+    coef = phi_coefficients(linear_ode(p, precondition, lam_s, 1.0), _body(ts), 0.0)
+    for i, (t, t_next) in enumerate(_steps(ts)):
+        if t_next == 0:
+            return final_step(model, z, t, lam_s, 1.0)
+        z = _o_step(p, z, t, t_next, lam_s, noise)
+        eps = model(z, t)
+        z = conjugate_step(coef, i, z, _eps_bar(p, eps, z, t, precondition), apply=apply_block)
         _info(callback, i=i, t=t, z=z, eps=eps)
     return z
 
@@ -338,8 +457,14 @@ _psld("noba", noba, _every(2, "noba"), "PSLD: naive OBA splitting of the reverse
       schedule="quadratic", stochastic=True, hyper={"lam_s": 1.0})
 _psld("roba", roba, one_call_per_step, "PSLD: reduced OBA splitting of the reverse SDE", schedule="quadratic",
       stochastic=True, hyper={"lam_s": 1.0})
+_psld("sps-s", sps_s, one_call_per_step, "PSLD: SPS-S, reduced OBA with lam_s tuned per NFE", schedule="quadratic",
+      stochastic=True, hyper={"lam_s": None})
 _psld("psld-conj", psld_conj, one_call_per_step, "PSLD: conjugate integrator (lambda-DDIM, B = lam 1) on the PF-ODE",
-      schedule="quadratic", hyper={"lam": 0.0, "precondition": 0.0})
+      schedule="quadratic", hyper={"lam": None, "precondition": 1.0})
+_psld("csps-d", csps_d, one_call_per_step, "PSLD: CSPS-D, conjugate two-step integrator on the PF-ODE",
+      schedule="quadratic", hyper={"lam": None, "precondition": 1.0})
+_psld("csps-s", csps_s, one_call_per_step, "PSLD: CSPS-S, conjugate OBA (exact O, conjugate BA)", schedule="quadratic",
+      stochastic=True, hyper={"lam_s": None, "precondition": 1.0})
 
-__all__ = ["conjugate_coefficients", "em", "final_step", "noba", "nse", "nvv", "psld_conj", "roba", "rse",
-           "rvv", "sscs"]
+__all__ = ["CSPS_D_LAMBDA", "CSPS_S_LAMBDA_S", "PSLD_CONJ_LAMBDA", "SPS_S_LAMBDA_S", "csps_d", "csps_s", "em",
+           "final_step", "linear_ode", "noba", "nse", "nvv", "psld_conj", "roba", "rse", "rvv", "sps_s", "sscs"]

@@ -37,6 +37,7 @@ def _checked(name: str, value: Any, tp: Any) -> Any:
 class TrainConfig:
     run_dir: str = "runs/fdm-digits"
     data: str = "digits16"
+    data_split: str = "all"  # all | train | test: hold the test split out when it is the evaluation reference
     xflip: bool = False
     process: str = "fdm-edm"
     process_options: dict[str, float] = field(default_factory=dict)  # e.g. {"multiplier": 2.0, "warmup_ite": 200}
@@ -97,7 +98,7 @@ class TrainConfig:
 
 
 # Settings the resumed run must share with the checkpoint it continues; the rest (steps, logging) may change.
-RESUME_KEYS = ("data", "xflip", "process", "process_options", "net", "net_options", "batch", "seed")
+RESUME_KEYS = ("data", "data_split", "xflip", "process", "process_options", "net", "net_options", "batch", "seed")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main job: FDM-EDM on 16-px bundled digits, about 4 minutes on a 2-core CPU.

@@ -32,12 +32,12 @@ from ..checkpoint import (
     write_checkpoint,
 )
 from ..data import Dataset, load_dataset, random_hflip
-from ..denoiser import Denoiser
+from ..denoiser import wrap_net
 from ..errors import UserError
 from ..model import model_meta
 from ..nets import build_net, net_config
 from ..plots import plot_loss, save_samples
-from ..processes import make_process
+from ..processes import make_process, state_groups
 from ..sampling import sample
 from ..seeds import SeededNoise
 from . import distributed
@@ -68,12 +68,16 @@ def draw_batch(data: Tensor, cfg: TrainConfig, process, gen: torch.Generator) ->
     if cfg.xflip and x0.ndim == 4:
         x0 = random_hflip(x0, gen)
     sigma = process.sample_sigma(cfg.batch, gen)
-    noise = torch.randn(x0.shape, generator=gen, device=gen.device).contiguous(memory_format=_layout(x0))
+    shape = process.noise_shape(x0.shape) if hasattr(process, "noise_shape") else x0.shape  # PSLD: (x, m) noise
+    noise = torch.randn(shape, generator=gen, device=gen.device).contiguous(memory_format=_layout(x0))
     return Batch(x0, sigma, noise)
 
 
 def denoising_loss(model, batch: Batch, process, step: int) -> Tensor:
-    """Mean over the batch of ``lambda(sigma) * mean_pixels (D(x0 + sigma n; sigma) - x0)^2``."""
+    """Mean over the batch of ``lambda(sigma) * mean_pixels (D(x0 + sigma n; sigma) - x0)^2``, or the process's own
+    ``training_loss`` where it has one (PSLD: the ε loss on (x, m), with ``sigma`` holding the times t)."""
+    if hasattr(process, "training_loss"):
+        return process.training_loss(model, batch.x0, batch.sigma, batch.noise, step)
     shape = (-1,) + (1,) * (batch.x0.ndim - 1)
     x = batch.x0 + batch.sigma.float().reshape(shape) * batch.noise
     denoised = model(x, batch.sigma)
@@ -83,13 +87,14 @@ def denoising_loss(model, batch: Batch, process, step: int) -> Tensor:
 
 
 def _net_config_for(cfg: TrainConfig, data: Dataset) -> dict:
+    groups = state_groups(cfg.process)  # PSLD's network sees and predicts (x, m): 2C channels
     if data.kind == "points":
         arch = "mlp" if cfg.net.startswith("ddpmpp") or cfg.net.startswith("ncsnpp") else cfg.net
-        return net_config(arch, in_channels=data.shape[0], **cfg.net_options)
+        return net_config(arch, in_channels=groups * data.shape[0], **cfg.net_options)
     c, h, w = data.shape
     if h != w:
         raise UserError(f"data '{cfg.data}' has {h}x{w} images: the U-Nets need square images (use --resolution)")
-    return net_config(cfg.net, img_resolution=h, in_channels=c, out_channels=c, **cfg.net_options)
+    return net_config(cfg.net, img_resolution=h, in_channels=groups * c, out_channels=groups * c, **cfg.net_options)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
@@ -150,11 +155,11 @@ class Trainer:
             raise UserError(f"--batch {cfg.batch} must divide evenly over {self.dist.world_size} process(es) "
                             f"x {cfg.accum} accumulation round(s)")
         self.run_dir = Path(cfg.run_dir)
-        self.data = load_dataset(cfg.data)
+        self.data = load_dataset(cfg.data, split=cfg.data_split)
         self.process = make_process(cfg.process, **cfg.process_options)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         ncfg = _net_config_for(cfg, self.data)
-        self.model = Denoiser(build_net(**ncfg), self.process, ncfg, self.data.shape).to(dev)
+        self.model = wrap_net(build_net(**ncfg), self.process, ncfg, self.data.shape).to(dev)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
         auto = dev.type == "cuda"
         self.channels_last = self.data.kind == "image" and (auto if cfg.channels_last is None else cfg.channels_last)
