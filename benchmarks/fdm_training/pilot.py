@@ -10,7 +10,6 @@ for the final model. Results are rewritten atomically after every evaluation, so
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
