@@ -1,4 +1,4 @@
-"""The ``fastdiffusion`` command: train | sample | info. Bad input ends in one line on stderr and exit code 2."""
+"""The ``fastdiffusion`` command: train | sample | eval | bench | info. Bad input ends in one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         if f.name.endswith("_options"):
             p.add_argument(flag.removesuffix("ions"), dest=f.name, action="append", metavar="KEY=VALUE",
                            help=f"override a {f.name.split('_')[0]} option (repeatable)")
-        elif tp is bool:
+        elif _scalar_type(tp) is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(tp) is tuple:
             p.add_argument(flag, dest=f.name, type=float, nargs=2, default=None)
@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="versions, device, processes, samplers, networks, presets")
     p.set_defaults(func=cmd_info)
+
+    from .bench.cli import add_parser as add_bench
+    from .metrics.cli import add_parser as add_eval
+
+    add_eval(sub)
+    add_bench(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Build, save and load a ``Denoiser`` from its JSON description (process config, network config, data shape)."""
+"""Build, save and load a ``Denoiser`` from its JSON description (process config, network config, data shape; a DSNO
+``OneStepGenerator`` adds its output times as ``generator``)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from pathlib import Path
 import torch
 
 from .checkpoint import list_checkpoints, read_weights, save_weights, state_dict_cpu, verify_checkpoint
-from .denoiser import Denoiser, wrap_net
+from .denoiser import Denoiser, OneStepGenerator, wrap_net
 from .errors import UserError
 from .nets import build_net
 from .processes import process_from_config
 
 
 def model_meta(model: Denoiser) -> dict:
-    return {"process": model.process.config(), "net": model.net_config, "data_shape": list(model.data_shape)}
+    meta = {"process": model.process.config(), "net": model.net_config, "data_shape": list(model.data_shape)}
+    if isinstance(model, OneStepGenerator):
+        meta["generator"] = model.generator_config
+    return meta
 
 
 def build_model(meta: dict) -> Denoiser:
@@ -22,6 +26,8 @@ def build_model(meta: dict) -> Denoiser:
     try:
         process = process_from_config(meta["process"])
         net = build_net(**meta["net"])
+        if "generator" in meta:
+            return OneStepGenerator(net, process, meta["net"], tuple(meta["data_shape"]), **meta["generator"])
         return wrap_net(net, process, meta["net"], tuple(meta["data_shape"]))
     except KeyError as e:
         raise UserError(f"model description lacks {e}: not a fastdiffusion model file") from None

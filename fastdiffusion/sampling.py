@@ -33,8 +33,17 @@ class CountingDenoiser:
         return self.model(x, sigma, self.class_labels).to(x.dtype)
 
 
+def model_family(model: Callable) -> str:
+    """The sampler family a model needs: its own ``family`` (a DSNO ``OneStepGenerator``: 'dsno'), else its process's
+    ('edm' or 'psld'); 'edm' for a bare denoiser callable."""
+    return getattr(model, "family", None) or getattr(getattr(model, "process", None), "family", "edm")
+
+
 def sampling_range(model: Callable) -> tuple[float, float]:
-    """The model's process range if it has one, else its ``sigma_min``/``sigma_max`` clipped to EDM's defaults."""
+    """The model's own ``sampling_range()`` or its process range if it has one, else its ``sigma_min``/``sigma_max``
+    clipped to EDM's defaults."""
+    if hasattr(model, "sampling_range"):  # a one-step generator starts from the sigma it was trained at
+        return model.sampling_range()
     process = getattr(model, "process", None)
     if process is not None:
         return process.sampling_range()
@@ -65,11 +74,13 @@ def sample(model: Callable, noise: Tensor, *, sampler: str = "heun", nfe: int = 
     ``model`` is a ``Denoiser`` (its process sets the sigma range) or any callable ``D(x, sigma[, labels])`` returning
     the denoised ``x_0`` estimate. A PSLD model (``model.process.family == 'psld'``, ``model(z, t) -> eps``) is sampled
     by a PSLD sampler in z = (x, m) from the PSLD prior and returns x; ``noise`` is its x half, as for any model.
+    A DSNO ``OneStepGenerator`` (family 'dsno') takes ``sampler='dsno', nfe=1``: one call maps the noise to its
+    whole trajectory, the t = 0 image is returned and ``callback`` receives the M trajectory points.
     The state is kept in fp32 whatever precision the model runs in. ``noise_fn`` draws
     the fresh noise of stochastic samplers (pass ``SeededNoise(seeds)`` for per-image reproducibility).
     """
     spec = check_sampler_args(sampler, nfe, hyper)
-    family = getattr(getattr(model, "process", None), "family", "edm")
+    family = model_family(model)
     if spec.family != family:
         names = ", ".join(sorted(n for n, s in SAMPLERS.items() if s.family == family))
         raise UserError(f"sampler '{sampler}' is a {spec.family} sampler and this is a {family} model: use one of "

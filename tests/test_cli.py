@@ -20,13 +20,16 @@ def run_dir(tmp_path_factory):
     return run
 
 
-def test_help_on_every_subcommand():
-    for cmd in [[], ["train"], ["sample"], ["info"]]:
-        proc = subprocess.run([sys.executable, "-m", "fastdiffusion.cli", *cmd, "--help"], capture_output=True,
-                              text=True, timeout=60)
-        assert proc.returncode == 0 and "usage: fastdiffusion" in proc.stdout
+def test_help_on_every_subcommand(capsys):
+    proc = subprocess.run([sys.executable, "-m", "fastdiffusion.cli", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "usage: fastdiffusion" in proc.stdout
+    for cmd in [["train"], ["sample"], ["info"], ["eval"], ["bench"], ["bench", "samplers"], ["bench", "throughput"]]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*cmd, "--help"])
+        assert exit_info.value.code == 0 and f"usage: fastdiffusion {' '.join(cmd)}" in capsys.readouterr().out
     subcommands = build_parser()._subparsers._group_actions[0].choices
-    assert {"train", "sample", "info"} <= set(subcommands)
+    assert {"train", "sample", "info", "eval", "bench"} <= set(subcommands)
 
 
 def test_train_writes_run_directory(run_dir):

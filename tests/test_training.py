@@ -57,7 +57,8 @@ def test_accumulation_matches_one_round(tmp_path):
     a = train(tiny(tmp_path / "a", steps=3), quiet=True)
     b = train(tiny(tmp_path / "b", steps=3, accum=4), quiet=True)
     wa, wb = weights(a), weights(b)
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    # Different float summation order only; a wrong gradient would move weights by ~lr = 2e-3.
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
     assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), rel=1e-5)
 
 
@@ -99,10 +100,10 @@ def test_points_data_trains_an_mlp(tmp_path):
     assert meta["data_shape"] == [2] and meta["net"]["arch"] == "mlp"
 
 
-# Tolerances: channels_last only changes memory layout; compile reorders float sums, and Adam's normalised steps turn
+# Tolerances: channels_last changes memory layout and so the convolution algorithm; compile reorders float sums, and Adam's normalised steps turn
 # near-zero gradient differences into weight differences up to ~lr; bf16 keeps 8 bits of mantissa in activations.
 @pytest.mark.parametrize(("data", "net", "switch", "loss_rel", "weight_atol"), [
-    ("digits", "ddpmpp-tiny", {"channels_last": True}, 1e-5, 1e-5),
+    ("digits", "ddpmpp-tiny", {"channels_last": True}, 1e-5, 1e-4),
     ("moons", "mlp", {"compile": True}, 1e-4, 2e-3),
     ("digits", "ddpmpp-tiny", {"precision": "bf16"}, 0.05, None),  # Adam moves weights ~lr per step either way
 ])

@@ -39,7 +39,7 @@ def provenance(device: torch.device | str | None = None) -> dict:
     from .. import __version__
 
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(getattr(sys, "orig_argv", sys.argv)),
         "device": device_name(device),
         "versions": {"fastdiffusion": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
                      "python": platform.python_version(), "cuda": torch.version.cuda},

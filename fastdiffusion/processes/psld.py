@@ -154,15 +154,13 @@ class PSLD:
     state_groups: ClassVar[int] = 2  # the network sees and predicts (x, m): 2C channels
 
     def __post_init__(self) -> None:
-        if not (self.Gamma >= 0 and self.nu > self.Gamma):
-            raise UserError(f"psld needs 0 <= Gamma < nu, got Gamma={self.Gamma}, nu={self.nu}")
+        if not 0 < self.Gamma < self.nu:  # Γ = 0 is CLD, whose x-score vanishes: a different parameterisation
+            raise UserError(f"psld needs 0 < Gamma < nu, got Gamma={self.Gamma}, nu={self.nu}")
         if not (self.gamma > 0 and self.beta_min > 0 and self.beta_max > 0 and 0 < self.train_eps < self.T
                 and 0 < self.eval_eps < self.T):
             raise UserError("psld needs gamma, beta_min, beta_max > 0 and 0 < train_eps, eval_eps < T")
         if self.loss not in LOSSES:
             raise UserError(f"psld loss must be one of {', '.join(LOSSES)}, got '{self.loss}'")
-        if self.Gamma == 0:
-            raise UserError("psld with Gamma = 0 is CLD, whose x-score vanishes; use Gamma > 0")
 
     # -- constants -------------------------------------------------------------------------------------------------
     @property
@@ -209,7 +207,7 @@ class PSLD:
 
     # -- schedule --------------------------------------------------------------------------------------------------
     def _t(self, t: Tensor | float) -> Tensor:
-        return torch.as_tensor(t).to(torch.float64)
+        return torch.as_tensor(t, dtype=torch.float64)
 
     def beta(self, t: Tensor | float) -> Tensor:
         """β(t) = β_min + t (β_max − β_min)."""

@@ -6,6 +6,7 @@ Each sampler module registers its samplers when imported; importing this package
 from . import (
     classic,  # noqa: F401  (registers euler, heun)
     conjugate,  # noqa: F401  (registers lambda-ddim, conjugate-ddim)
+    dsno,  # noqa: F401  (registers dsno, the one-call sampler of DSNO students)
     multistep,  # noqa: F401  (registers ddim, dpmpp-2m, dpmpp-3m, unipc, ipndm)
     splitting,  # noqa: F401  (registers the PSLD samplers: em, sscs, nse, rse, nvv, rvv, noba, roba, sps-s, ...)
 )

@@ -17,7 +17,33 @@ reference of a deterministic sampler is the PF-ODE solved to eval_eps followed b
 
 The splitting samplers follow the names of Pandey, Rudolph & Mandt (arXiv 2310.07894); its update equations were not
 available here, so each rule below is derived from the PSLD SDE and documented where it is defined, with its order
-as measured on exact Gaussian-mixture scores (tests/test_splitting.py).
+as measured on exact Gaussian-mixture scores (tests/test_splitting.py):
+
+============  =====  ==========================================================================  ==========
+name          NFE/   update                                                                      order
+              step
+============  =====  ==========================================================================  ==========
+em            1      Euler-Maruyama on the reverse SDE                                           weak 1
+sscs          1      exact linear OU (h/2) · Euler score step (h) · exact OU (h/2)               —
+nse           2      PF-ODE symplectic Euler: m-update, then x-update with a fresh ε             1
+rse           1      nse with one ε per step                                                     1
+nvv           3      PF-ODE velocity Verlet (kick-drift-kick), a fresh ε per sub-update          1
+rvv           1      nvv with one ε per step, linear terms at the updated state and sub-time     1
+noba          2      O (exact OU, noise λ_s in x) · B (m, fresh ε) · A (x, fresh ε)              —
+roba, sps-s   1      noba with one ε per step; sps-s takes λ_s tuned per NFE                     —
+psld-conj     1      conjugate Euler (λ-DDIM, B = λ 1), stationary preconditioning C_skip = −H   1
+csps-d        1      psld-conj with ε̄ linear in time from the last two calls (two-step)          2 (λ = 0)
+csps-s        1      O of roba, then the conjugate step of the rest of the reverse dynamics      —
+============  =====  ==========================================================================  ==========
+
+Design notes. (1) In the PF-ODE, ε enters the x-equation only through Γ-weighted terms, and near the stationary law
+the score cancels the friction, leaving the rotation dx/dt = β/2 M⁻¹ m, dm/dt = −β/2 x (8 rad over t ∈ [0, 1]): the
+reason symplectic (x, m) splitting beats plain Euler. (2) With C_skip = −H the conjugate frame integrates that
+rotation exactly; symplectic-Euler and velocity-Verlet splittings of the conjugate step (row by row in ẑ, or of the
+preconditioned rotation with exact ε̄ weights) were tried on exact scores and were no better than the unsplit step,
+so CSPS-D keeps the exact linear flow and spends the splitting's second half-kick on a better ε̄ quadrature instead.
+(3) Stochastic B/A Euler updates are taken at the start t of their interval: the m-equation's rate grows like
+β ν M / Σ_mm(t) towards t = 0 and explicit steps evaluated at the interval's end blow up at low NFE.
 """
 
 from __future__ import annotations

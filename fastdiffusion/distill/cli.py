@@ -1,0 +1,113 @@
+"""``fastdiffusion distill ...``: ``trajectories`` (teacher PF-ODE states for DSNO) and ``train`` (the student).
+
+``fastdiffusion.cli`` calls ``add_parser(subparsers)``; each subcommand sets ``func(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from dataclasses import fields
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _trajectories(args: argparse.Namespace) -> None:
+    from ..errors import UserError
+    from ..seeds import parse_seeds
+    from ..training import distributed
+    from .trajectories import generate_trajectories
+
+    hyper = {}
+    for item in args.opt or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"--opt {item!r}: expected KEY=VALUE")
+        try:
+            hyper[key] = json.loads(value)
+        except json.JSONDecodeError:
+            hyper[key] = value
+    d = distributed.setup(args.device)
+    try:
+        generate_trajectories(args.model, args.out, parse_seeds(args.seeds), sampler=args.sampler, nfe=args.nfe,
+                              times=args.times, grid=args.grid, schedule=args.schedule, shard_size=args.shard_size,
+                              dtype=args.dtype, batch=args.batch, device=d.device, ema=not args.raw, bf16=args.bf16,
+                              progress=not args.quiet, **hyper)
+    finally:
+        distributed.teardown()
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .student import DistillConfig, distill
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if getattr(args, f.name) is not None}
+    if "adam_betas" in overrides:
+        overrides["adam_betas"] = tuple(overrides["adam_betas"])
+    path = distill(DistillConfig(**overrides), resume=args.resume, quiet=args.quiet)
+    print(f"student: {path}")
+    print(f"sample:  fastdiffusion sample {path} --sampler dsno --nfe 1")
+
+
+def _scalar(tp: object) -> type:
+    args = typing.get_args(tp)
+    return next(a for a in args if a is not type(None)) if args and type(None) in args else tp  # type: ignore
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``distill`` with its subcommands to the top-level ``subparsers``; returns the ``distill`` parser."""
+    from ..samplers import SAMPLERS, SCHEDULES
+    from .student import DistillConfig
+    from .trajectories import DTYPES, GRIDS
+
+    p = subparsers.add_parser("distill", help="DSNO: teacher trajectories and a one-call student")
+    sub = p.add_subparsers(dest="distill", required=True)
+
+    t = sub.add_parser("trajectories", help="store a teacher's PF-ODE states at M output times, sharded",
+                       description="For each seed store the noise and the teacher's sampler states at M output times "
+                       "(m = 0 the final sample) in safetensors shards of --shard-size seeds with a manifest.json. "
+                       "Resumable (run it again: complete shards are skipped); under torchrun rank r writes shards "
+                       "r, r + world, ...")
+    t.add_argument("model", help="teacher: a run directory, checkpoint directory or .safetensors model file")
+    deterministic = sorted(n for n, s in SAMPLERS.items() if s.family == "edm" and not s.stochastic)
+    t.add_argument("--sampler", default="heun", choices=deterministic)
+    t.add_argument("--nfe", type=_positive_int, default=35, help="teacher network calls per trajectory (default 35)")
+    t.add_argument("--times", type=_positive_int, default=4, help="M, output times per trajectory (default 4)")
+    t.add_argument("--grid", default="quadratic", choices=list(GRIDS),
+                   help="output times tau_m = (m/M)^p in the sampler's normalised step time (default quadratic)")
+    t.add_argument("--schedule", choices=list(SCHEDULES), help="noise-level schedule (default: the sampler's)")
+    t.add_argument("--seeds", default="0-9999", help="e.g. 0-99999 (default 0-9999)")
+    t.add_argument("--shard-size", type=_positive_int, default=1000, help="seeds per shard file (default 1000)")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--dtype", default="fp16", choices=list(DTYPES), help="storage type of the states (default fp16)")
+    t.add_argument("--batch", type=_positive_int, default=256, help="seeds per sampler batch (default 256)")
+    t.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. order=2")
+    t.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    t.add_argument("--bf16", action="store_true", help="run the teacher under bf16 autocast")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_trajectories)
+
+    s = sub.add_parser("train", help="train a DSNO student on stored trajectories",
+                       description="Distil the teacher's trajectories into a one-call student (weighted trajectory "
+                       "loss, EMA, bf16 on CUDA, torchrun DDP, --resume). Writes RUN_DIR/student.safetensors.")
+    s.add_argument("traj_dir", help="a directory written by `distill trajectories`")
+    s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
+    s.add_argument("--quiet", action="store_true")
+    hints = typing.get_type_hints(DistillConfig)
+    for f in fields(DistillConfig):
+        if f.name == "traj_dir":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        if typing.get_origin(tp) is tuple:
+            s.add_argument(flag, dest=f.name, type=float, nargs=2, default=None)
+        else:
+            s.add_argument(flag, dest=f.name, type=_scalar(tp), default=None, help=f"default: {f.default}")
+    s.set_defaults(func=_train)
+    return p

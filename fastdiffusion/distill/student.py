@@ -1,0 +1,363 @@
+"""``fastdiffusion distill train``: fit a DSNO student to stored teacher trajectories.
+
+The student is a ``OneStepGenerator`` around a ``DSNOOperator`` built from the teacher's network config and
+initialised with the teacher's weights (its TimeConv layers start as the identity). For a batch of stored noises z
+(x_T = sigma_T z) and teacher states x*_m at the M output sigmas, the loss is the reference's weighted trajectory loss
+
+    L = (1/M) sum_m w_m L_m,    w_m = clamp(alpha_m / sigma_m, 1, w_max) = clamp(1 / sigma_m, 1, w_max)
+
+(alpha/sigma of a VP schedule is 1/sigma in EDM's sigma-space; sigma_0 = 0 gets w_max, 10^4 in the reference, so the
+final sample dominates), with the per-time error L_m one of
+
+    l1          mean |x_m - x*_m|                       (the reference's ImageNet-64 setting)
+    l2          mean (x_m - x*_m)^2
+    perceptual  mean_f (phi(D_m) - phi(D*_m))^2         phi = the bundled digits classifier's 64-d features
+
+For 'perceptual' the reference uses LPIPS-VGG, which needs downloaded weights; offline we use the project's digits
+classifier (``metrics.digits_classifier``) as the perceptual space, so it only fits digit-like images. It compares the
+data estimates D_m = (x_m - r_m x_T) / (1 - r_m), r_m = sigma_m / sigma_T, of student and teacher (images at every m;
+D_0 is the sample), not the noisy states.
+
+Training: Adam with linear warm-up, EMA with a half-life in images, bf16 autocast on CUDA, DDP under torchrun (every
+step's random rows are drawn for the global batch from one shared generator and each rank takes its part), atomic
+checkpoints with ``--resume``. Every checkpoint's ``ema.safetensors`` is a model file that ``load_model`` reads, and
+``run_dir/student.safetensors`` is the final EMA student: ``fastdiffusion sample RUN --sampler dsno --nfe 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..checkpoint import (
+    META_KEY,
+    atomic_write_bytes,
+    atomic_write_json,
+    clean_partial,
+    list_checkpoints,
+    prune_checkpoints,
+    read_weights,
+    sha256,
+    state_dict_cpu,
+    verify_checkpoint,
+    write_checkpoint,
+)
+from ..denoiser import OneStepGenerator
+from ..errors import UserError
+from ..model import load_model, model_meta
+from ..nets import build_net, net_config
+from ..plots import plot_loss, save_samples
+from ..training import distributed
+from ..training.ema import EMA, ema_beta
+from ..training.lock import RunLock
+from ..training.loop import _load_optimizer, _optimizer_tensors, truncate_log
+from .trajectories import TrajectorySet
+
+__all__ = ["DistillConfig", "DistillTrainer", "build_student", "distill", "time_weights", "trajectory_loss"]
+
+LOSSES = ("l1", "l2", "perceptual")
+
+
+@dataclass
+class DistillConfig:
+    traj_dir: str = ""
+    teacher: str | None = None  # model file / run dir; default: the path the trajectory manifest records
+    run_dir: str = "runs/dsno"
+    modes: int = 2  # K, Fourier modes kept by each TimeConv (<= M // 2 + 1)
+    activation: str = "none"  # TimeConv output activation: none | leaky_relu (the reference's)
+    loss: str = "l1"  # l1 | l2 | perceptual
+    weight_max: float = 1e4  # w_max of the time weights clamp(1 / sigma_m, 1, w_max)
+    holdout: int = 0  # the last HOLDOUT trajectories are not trained on; their error is logged at checkpoints
+    batch: int = 32  # global batch (all GPUs)
+    steps: int = 2000
+    lr: float = 2e-4
+    lr_warmup: int = 100
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    ema_halflife_kimg: float = 500.0
+    ema_rampup: float | None = 0.05
+    grad_clip: float | None = None
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
+    seed: int = 0
+    ckpt_every: int = 500
+    keep_ckpts: int = 3
+    log_every: int = 25
+    grid_images: int = 64
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got '{self.loss}'")
+        if self.batch < 1 or self.steps < 1 or not self.lr > 0 or self.ckpt_every < 1 or self.log_every < 1:
+            raise UserError("--batch, --steps, --ckpt-every, --log-every must be >= 1 and --lr > 0")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UserError(f"--precision must be auto, fp32 or bf16, got '{self.precision}'")
+        if not self.weight_max >= 1 or self.holdout < 0:
+            raise UserError("--weight-max must be >= 1 and --holdout >= 0")
+
+
+# Settings a resumed run must share with the checkpoint it continues.
+RESUME_KEYS = ("modes", "activation", "loss", "weight_max", "holdout", "batch", "seed")
+
+
+def time_weights(sigmas: Tensor, weight_max: float) -> Tensor:
+    """w_m = clamp(1 / sigma_m, 1, w_max) (1/0 = w_max), float32 (M,)."""
+    inv = torch.where(sigmas > 0, 1 / sigmas.clamp(min=1e-30), torch.full_like(sigmas, float("inf")))
+    return inv.clamp(1.0, weight_max).float()
+
+
+def trajectory_loss(pred: Tensor, target: Tensor, weights: Tensor, kind: str, *, x_t: Tensor | None = None,
+                    ratios: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(loss, per-time errors L_m (M,)) for predicted and target states (N, M, ...); see the module docstring.
+
+    'perceptual' needs the initial states ``x_t`` (N, ...) and ``ratios`` r_m (M,) to form the data estimates."""
+    if kind == "perceptual":
+        from ..metrics.digits_classifier import load_classifier, prepare_digits
+
+        if pred.ndim != 5 or pred.shape[2] not in (1, 3):
+            raise UserError("--loss perceptual uses the digits classifier's features: it needs 1- or 3-channel images")
+        net = load_classifier(pred.device)
+        feats = [net.features(prepare_digits(OneStepGenerator.data_estimates(x_t, s, ratios).flatten(0, 1)))
+                 for s in (pred, target)]
+        per = (feats[0] - feats[1]).float().square().mean(1).reshape(pred.shape[:2])
+    else:
+        diff = pred - target
+        per = (diff.abs() if kind == "l1" else diff.square()).flatten(2).mean(2)
+    per_time = per.mean(0)
+    return (weights * per_time).mean(), per_time
+
+
+def build_student(teacher: torch.nn.Module, manifest: dict, modes: int, activation: str = "none") -> OneStepGenerator:
+    """A ``OneStepGenerator`` whose operator wraps the teacher's network config, with the teacher's weights."""
+    tcfg = teacher.net_config
+    cfg = net_config("dsno", in_channels=tcfg["in_channels"], out_channels=tcfg["out_channels"], backbone=tcfg,
+                     num_times=manifest["times"], modes=modes, activation=activation)
+    net = build_net(**cfg)
+    net.backbone.load_state_dict(teacher.net.state_dict())
+    return OneStepGenerator(net, teacher.process, cfg, tuple(manifest["data_shape"]), sigmas=manifest["sigmas"],
+                            cond_sigmas=manifest["cond_sigmas"], sigma_max=manifest["sigma_max"])
+
+
+def _load_teacher(cfg: DistillConfig, manifest: dict, device: torch.device) -> torch.nn.Module:
+    recorded = manifest["teacher"]
+    path = cfg.teacher or recorded.get("path")
+    if not path:
+        raise UserError("the trajectories do not record a teacher file: pass --teacher MODEL")
+    teacher = load_model(path, device=device)
+    if json.loads(json.dumps(model_meta(teacher))) != recorded["meta"]:
+        raise UserError(f"--teacher {path}: not the model these trajectories were made with (its description "
+                        f"differs from the manifest's)")
+    return teacher
+
+
+class DistillTrainer:
+    """One distillation run; ``run()`` trains to ``cfg.steps``."""
+
+    def __init__(self, cfg: DistillConfig, resume: bool = False, quiet: bool = False) -> None:
+        cfg.validate()
+        self.cfg, self.quiet = cfg, quiet
+        self.dist = distributed.setup(cfg.device)
+        dev = self.dist.device
+        if cfg.batch % self.dist.world_size:
+            raise UserError(f"--batch {cfg.batch} must divide evenly over {self.dist.world_size} processes")
+        self.data = TrajectorySet(cfg.traj_dir)
+        manifest = self.data.manifest
+        self.n_train = len(self.data) - cfg.holdout
+        if self.n_train < 1:
+            raise UserError(f"--holdout {cfg.holdout} leaves none of the {len(self.data)} trajectories to train on")
+        self.manifest_sha = sha256(Path(cfg.traj_dir) / "manifest.json")
+        self.model = build_student(_load_teacher(cfg, manifest, dev), manifest, cfg.modes, cfg.activation).to(dev)
+        self.ema = EMA(self.model)
+        self.weights = time_weights(torch.tensor(manifest["sigmas"], dtype=torch.float64), cfg.weight_max).to(dev)
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=True)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # CPU: it indexes the memory-mapped rows
+        self.step = 0
+        self.run_dir = Path(cfg.run_dir)
+        self.lock: RunLock | None = None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.run_dir)
+        try:
+            torch.manual_seed(cfg.seed + 1000 * self.dist.rank)  # dropout stream, per rank
+            if resume:
+                self._resume()
+            elif list_checkpoints(self.run_dir):
+                raise UserError(f"{self.run_dir} already holds checkpoints: pass --resume to continue, "
+                                f"or choose another --run-dir")
+            self.ddp = (DistributedDataParallel(self.model, device_ids=[dev] if dev.type == "cuda" else None)
+                        if self.dist.world_size > 1 else self.model)
+            if self.dist.is_main:
+                atomic_write_json(self.run_dir / "config.json", self._config_json())
+        except BaseException:
+            self.close()
+            raise
+
+    def _config_json(self) -> dict:
+        return {**asdict(self.cfg), "manifest_sha256": self.manifest_sha}
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        if self.dist.is_main:
+            clean_partial(self.run_dir)
+        ckpts = list_checkpoints(self.run_dir)
+        if not ckpts:
+            return
+        ckpt, state = ckpts[0], verify_checkpoint(ckpts[0])
+        saved = state.get("config", {})
+        for key in (*RESUME_KEYS, "manifest_sha256"):
+            mine = self._config_json()[key]
+            if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
+                raise UserError(f"{ckpt}: was trained with {key}={saved.get(key)!r}, this run has {mine!r}; use the "
+                                f"same setting and trajectories, or a new --run-dir")
+        weights, _ = read_weights(ckpt / "model.safetensors")
+        ema_w, _ = read_weights(ckpt / "ema.safetensors")
+        opt_t, _ = read_weights(ckpt / "optimizer.safetensors")
+        self.model.net.load_state_dict(weights)
+        self.ema.model.net.load_state_dict(ema_w)
+        _load_optimizer(self.opt, opt_t, state["optimizer"])
+        self.gen.set_state(opt_t["rng.step_generator"])
+        if f"rng.torch.{self.dist.rank}" in opt_t:
+            torch.set_rng_state(opt_t[f"rng.torch.{self.dist.rank}"])
+        self.step = state["step"]
+        if self.dist.is_main:
+            truncate_log(self.run_dir / "log.jsonl", self.step)
+            if not self.quiet:
+                print(f"resuming from {ckpt} (step {self.step})")
+
+    def save_checkpoint(self) -> Path:
+        meta = model_meta(self.model)
+        opt_t, opt_meta = _optimizer_tensors(self.opt)
+        files = {"model.safetensors": (state_dict_cpu(self.model.net), meta),
+                 "ema.safetensors": (state_dict_cpu(self.ema.model.net), meta),
+                 "optimizer.safetensors": ({**opt_t, "rng.step_generator": self.gen.get_state(),
+                                           "rng.torch.0": torch.get_rng_state()}, {})}
+        state = {"config": self._config_json(), "optimizer": opt_meta, "model": meta,
+                 "trajectories_seen": self.step * self.cfg.batch}
+        path = write_checkpoint(self.run_dir, self.step, files, state)
+        prune_checkpoints(self.run_dir, self.cfg.keep_ckpts)
+        return path
+
+    def save_student(self) -> Path:
+        """The EMA student as one model file, ``run_dir/student.safetensors`` (written atomically)."""
+        path = self.run_dir / "student.safetensors"
+        blob = save(state_dict_cpu(self.ema.model.net), metadata={META_KEY: json.dumps(model_meta(self.ema.model))})
+        atomic_write_bytes(path, blob)
+        return path
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, rows: range) -> dict:
+        """Per-pixel mean squared error of the EMA student to the teacher's states on trajectory ``rows``, per output
+        time (index 0: the final sample), and the noise-to-endpoint baseline mean (z - x*_0)^2: the error of taking the
+        noise itself as the sample."""
+        dev, model = self.dist.device, self.ema.model
+        sq, base, n = 0.0, 0.0, 0
+        for lo in range(rows.start, rows.stop, 256):
+            z, x = self.data.rows(list(range(lo, min(lo + 256, rows.stop))))
+            z, x = z.to(dev), x.to(dev)
+            with torch.autocast(dev.type, torch.bfloat16, enabled=self.bf16):
+                pred = model(self.data.manifest["sigma_max"] * z)
+            sq = sq + (pred - x).square().flatten(2).mean(2).sum(0)
+            base += float((z - x[:, 0]).square().flatten(1).mean(1).sum())
+            n += len(z)
+        per_time = (sq / n).tolist()
+        return {"mse_per_time": per_time, "mse_final": per_time[0], "baseline_noise_mse": base / n}
+
+    def write_grid(self) -> None:
+        n = min(self.cfg.grid_images, len(self.data))
+        z, x = self.data.rows(list(range(len(self.data) - n, len(self.data))))
+        with torch.no_grad():
+            out = self.ema.model(self.data.manifest["sigma_max"] * z.to(self.dist.device))[:, 0].cpu()
+        save_samples(out, self.run_dir / "samples.png", reference=x[:, 0] if out.ndim == 2 else None)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def train_step(self) -> Tensor:
+        cfg, world, rank = self.cfg, self.dist.world_size, self.dist.rank
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * min((self.step + 1) / max(cfg.lr_warmup, 1), 1.0)
+        idx = torch.randint(self.n_train, (cfg.batch,), generator=self.gen)
+        chunk = cfg.batch // world
+        z, x = self.data.rows(idx[rank * chunk:(rank + 1) * chunk])
+        z, x = z.to(self.dist.device, non_blocking=True), x.to(self.dist.device, non_blocking=True)
+        x_t = self.data.manifest["sigma_max"] * z
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.dist.device.type, torch.bfloat16, enabled=self.bf16):
+            pred = self.ddp(x_t)
+            loss, _ = trajectory_loss(pred, x, self.weights, cfg.loss, x_t=x_t, ratios=self.model.ratios())
+        loss.backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        bad = (~(torch.isfinite(norm) & torch.isfinite(loss))).float()
+        if cfg.grad_clip:
+            torch._foreach_mul_(grads, (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0))
+        self.opt.found_inf = bad  # the fused step is skipped on device when it is 1
+        self.opt.step()
+        self.step += 1
+        self.ema.update(self.model, ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg,
+                                             cfg.ema_rampup))
+        return loss.detach()
+
+    def _log(self, row: dict) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def run(self) -> Path:
+        cfg, main = self.cfg, self.dist.is_main
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="distill", disable=self.quiet or not main,
+                   dynamic_ncols=True)
+        loss_sum, n_sum, t0 = torch.zeros((), device=self.dist.device), 0, time.perf_counter()
+        while self.step < cfg.steps:
+            loss_sum += self.train_step()
+            n_sum += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.dist.world_size > 1:
+                    dist.all_reduce(loss_sum)
+                    loss_sum /= self.dist.world_size
+                row = {"step": self.step, "kimg": self.step * cfg.batch / 1000, "loss": loss_sum.item() / n_sum,
+                       "lr": self.opt.param_groups[0]["lr"],
+                       "traj_per_s": n_sum * cfg.batch / max(time.perf_counter() - t0, 1e-9)}
+                if main:
+                    self._log(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4g}")
+                    bar.update(n_sum)
+                loss_sum.zero_()
+                n_sum, t0 = 0, time.perf_counter()
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                if main:
+                    self.save_checkpoint()
+                    if cfg.holdout:
+                        self._log({"step": self.step, "heldout": self.evaluate(range(self.n_train, len(self.data)))})
+                    self.write_grid()
+                    plot_loss(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
+                if self.dist.world_size > 1:
+                    dist.barrier()
+                t0 = time.perf_counter()
+        bar.close()
+        return self.save_student() if main else self.run_dir / "student.safetensors"
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def distill(cfg: DistillConfig, resume: bool = False, quiet: bool = False) -> Path:
+    """Train a DSNO student to ``cfg.steps``; returns the path of the EMA student model file."""
+    trainer = None
+    try:
+        trainer = DistillTrainer(cfg, resume=resume, quiet=quiet)
+        return trainer.run()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        distributed.teardown()
+
