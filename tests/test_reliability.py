@@ -45,7 +45,7 @@ def same_weights(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
+def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, record_fault):
     steps = 10
     def command(run_dir):
         return [sys.executable, "-m", "fastdiffusion.cli", "train", "--run-dir", str(run_dir), "--steps", str(steps),
@@ -57,7 +57,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
     reference = tmp_path / "ref" / f"ckpt-{steps:08d}"
     run = tmp_path / "killed"
     cmd = command(run)
-    rng, kills, launches = random.Random(0), 0, 0
+    rng, kills, launches, in_write = random.Random(0), 0, 0, 0
     while launches < 40:
         launches += 1
         proc = subprocess.Popen([*cmd, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -71,21 +71,23 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.6))
         if proc.poll() is None and kills < 8:
+            in_write += bool(list(run.glob("ckpt-*.tmp-*")))  # a checkpoint directory was being written
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         if proc.wait(timeout=300) == 0:
             break
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    print(f"\n[fault] sigkill: {kills} kills over {launches} launches")
     assert kills >= 3 and proc.returncode == 0
     final = run / f"ckpt-{steps:08d}"
     assert same_weights(reference / "model.safetensors", final / "model.safetensors")
     assert same_weights(reference / "ema.safetensors", final / "ema.safetensors")
     assert losses(tmp_path / "ref") == losses(run)
     assert not list(run.glob("*.tmp-*"))
+    record_fault("SIGKILL at a random moment", kills - in_write)
+    record_fault("SIGKILL while a checkpoint was being written", in_write)
 
 
-def test_disk_full_during_checkpoint_keeps_previous_and_leaves_no_partial(tmp_path, monkeypatch):
+def test_disk_full_during_checkpoint_keeps_previous_and_leaves_no_partial(tmp_path, monkeypatch, record_fault):
     real_save, calls = checkpoint.save_file, {"n": 0}
 
     def flaky_save(tensors, path, metadata=None):
@@ -100,9 +102,10 @@ def test_disk_full_during_checkpoint_keeps_previous_and_leaves_no_partial(tmp_pa
     monkeypatch.setattr(checkpoint, "save_file", real_save)
     assert [p.name for p in (tmp_path / "r").iterdir() if p.name.startswith("ckpt-")] == ["ckpt-00000003"]
     assert train(cfg(tmp_path / "r"), resume=True, quiet=True).name == "ckpt-00000006"
+    record_fault("disk full during a checkpoint", 1)
 
 
-def test_sample_write_error_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_sample_write_error_leaves_no_partial_file(tmp_path, monkeypatch, record_fault):
     def no_space(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -111,6 +114,7 @@ def test_sample_write_error_leaves_no_partial_file(tmp_path, monkeypatch):
         with pytest.raises(OSError):
             write_samples(torch.zeros(2, 1, 8, 8), tmp_path / out, [0, 1])
     assert list(tmp_path.iterdir()) == []
+    record_fault("write error on sample output", 2)
 
 
 @pytest.fixture
@@ -120,7 +124,7 @@ def two_ckpts(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bitflip", "state"])
-def test_corrupt_newest_checkpoint_falls_back_and_says_so(two_ckpts, capsys, damage):
+def test_corrupt_newest_checkpoint_falls_back_and_says_so(two_ckpts, capsys, damage, record_fault):
     newest = two_ckpts / "ckpt-00000006"
     target = newest / ("state.json" if damage == "state" else "model.safetensors")
     data = bytearray(target.read_bytes())
@@ -135,9 +139,10 @@ def test_corrupt_newest_checkpoint_falls_back_and_says_so(two_ckpts, capsys, dam
     err = capsys.readouterr().err
     assert "skipping checkpoint ckpt-00000006" in err and ckpt.name == "ckpt-00000007"
     assert [json.loads(x)["step"] for x in (two_ckpts / "log.jsonl").read_text().splitlines()] == list(range(1, 8))
+    record_fault(f"corrupt checkpoint ({damage})", 1)
 
 
-def test_loading_a_corrupt_or_foreign_model_file_is_a_clear_error(two_ckpts, tmp_path):
+def test_loading_a_corrupt_or_foreign_model_file_is_a_clear_error(two_ckpts, tmp_path, record_fault):
     ema = two_ckpts / "ckpt-00000006" / "ema.safetensors"
     data = bytearray(ema.read_bytes())
     data[-8] ^= 0xFF
@@ -148,16 +153,18 @@ def test_loading_a_corrupt_or_foreign_model_file_is_a_clear_error(two_ckpts, tmp
     save_file({"w": torch.zeros(3)}, str(foreign))
     with pytest.raises(UserError, match="not a fastdiffusion model"):
         load_model(foreign)
+    record_fault("corrupt or foreign model file on load", 2)
 
 
-def test_checkpoint_of_another_network_or_process_is_refused(two_ckpts):
+def test_checkpoint_of_another_network_or_process_is_refused(two_ckpts, record_fault):
     for change, key in (({"net": "ddpmpp-small"}, "net="), ({"process": "vp"}, "process=")):
         with pytest.raises(UserError, match=key):
             train(cfg(two_ckpts, steps=8, **change), resume=True, quiet=True)
+    record_fault("checkpoint of another network or process", 2)
 
 
 @pytest.mark.parametrize("policy", ["rollback", "abort"])
-def test_non_finite_steps_are_skipped_then_rolled_back_or_aborted(tmp_path, monkeypatch, policy):
+def test_non_finite_steps_are_skipped_then_rolled_back_or_aborted(tmp_path, monkeypatch, policy, record_fault):
     real_loss, calls = loop.denoising_loss, {"n": 0}
     bad_steps = {1} | set(range(4, 7))  # one isolated fault, then three in a row
 
@@ -171,6 +178,7 @@ def test_non_finite_steps_are_skipped_then_rolled_back_or_aborted(tmp_path, monk
     if policy == "abort":
         with pytest.raises(UserError, match="diverged"):
             train(config, quiet=True)
+        record_fault("non-finite loss, abort", len(bad_steps))
         return
     ckpt = train(config, quiet=True)
     rows = [json.loads(line) for line in (tmp_path / policy / "log.jsonl").read_text().splitlines()]
@@ -179,10 +187,10 @@ def test_non_finite_steps_are_skipped_then_rolled_back_or_aborted(tmp_path, monk
     assert state["lr_scale"] == 0.5 and state["step"] == 9
     weights = load_file(str(ckpt / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
-    print(f"\n[fault] non-finite: {len(bad_steps)} poisoned steps, policy {policy}")
+    record_fault("non-finite loss, skip and roll back", len(bad_steps))
 
 
-def test_second_training_on_same_run_dir_is_refused_and_kill_releases(tmp_path):
+def test_second_training_on_same_run_dir_is_refused_and_kill_releases(tmp_path, record_fault):
     run = tmp_path / "r"
     run.mkdir()
     lock = RunLock(run)
@@ -198,6 +206,7 @@ def test_second_training_on_same_run_dir_is_refused_and_kill_releases(tmp_path):
     holder.kill()
     holder.wait()
     RunLock(run).release()  # the kernel dropped the dead process's lock
+    record_fault("concurrent training on one run directory", 2)
 
 
 def test_no_code_path_unpickles_by_default():

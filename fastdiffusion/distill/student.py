@@ -26,7 +26,6 @@ checkpoints with ``--resume``. Every checkpoint's ``ema.safetensors`` is a model
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass

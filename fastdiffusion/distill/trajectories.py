@@ -8,7 +8,7 @@ times are
 
     tau_m = (m / M)^p,   m = 0 .. M-1,   p = 1 ('uniform') or 2 ('quadratic', DSNO's 'quad', dense near the data),
 
-taken at the nearest step, ``j_m = N - round(N tau_m)`` (distinct and >= 1, else more steps are needed), and stored
+taken at the nearest step, ``j_m = N - floor(N tau_m + 1/2)`` (distinct and >= 1, else more steps are needed), and stored
 exactly, with no interpolation: ``x[:, m]`` is the sampler's iterate ``x_{j_m}`` at ``sigma_m = sigmas[j_m]``, and
 ``x[:, 0] = x_N`` is the final sample, bit-for-bit what ``fastdiffusion.sample`` returns for the same noise. (DSNO's
 code stores the teacher's data predictions instead; the student's output form, ``OneStepGenerator``, makes a data
@@ -30,6 +30,7 @@ Size: seeds x M x prod(data_shape) x (2 or 4) bytes for ``x``, plus 4 bytes per 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,13 +63,13 @@ CONTENTS = ("noise (K, *data_shape) float32: z, the sampler starts at x_T = sigm
 
 
 def output_steps(n_steps: int, times: int, grid: str) -> list[int]:
-    """``j_m = N - round(N (m / M)^p)`` for m = 0 .. M-1 (p = 1 uniform, 2 quadratic): the step index of each output
+    """``j_m = N - floor(N (m / M)^p + 1/2)`` for m = 0 .. M-1 (p = 1 uniform, 2 quadratic): the step index of each output
     time on an N-step grid; m = 0 is the last step (the sample)."""
     if grid not in GRIDS:
         raise UserError(f"unknown --grid '{grid}': choose one of {', '.join(GRIDS)}")
     if times < 1:
         raise UserError(f"--times must be >= 1, got {times}")
-    steps = [n_steps - round(n_steps * (m / times) ** GRIDS[grid]) for m in range(times)]
+    steps = [n_steps - math.floor(n_steps * (m / times) ** GRIDS[grid] + 0.5) for m in range(times)]
     if len(set(steps)) < times or min(steps) < 1:
         raise UserError(f"{times} {grid} output times need distinct sampler steps after the first, but {n_steps} "
                         f"step(s) give step indices {steps}: raise --nfe or lower --times")
@@ -246,7 +247,7 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "manifest.json"
-    if rank == 0 and not path.exists():
+    if not path.exists() and (rank == 0 or default_world == 1):  # under torchrun rank 0 writes it, the others wait
         atomic_write_json(path, manifest)
     _barrier()
     differ = _same_settings(read_manifest(root), manifest)

@@ -81,7 +81,7 @@ TABLEAUS: dict[str, Tableau] = {
 
 def _combine(y: State, dt: float, coeffs: Sequence[float], ks: Sequence[State]) -> State:
     """``y + dt sum_i coeffs_i ks_i``, element-wise over the tuple; zero coefficients cost nothing."""
-    terms = [(c, k) for c, k in zip(coeffs, ks) if c]
+    terms = [(c, k) for c, k in zip(coeffs, ks, strict=True) if c]
     out = []
     for j, yj in enumerate(y):
         for c, k in terms:
@@ -137,9 +137,9 @@ class _AdjointSolve(torch.autograd.Function):
     def backward(ctx, grad_y1: Tensor) -> tuple[Tensor | None, ...]:
         y1, *cond = ctx.saved_tensors
         field, params = ctx.field, ctx.params
-        needs = ctx.needs_input_grad[5:]
-        cond = [c.detach().requires_grad_(need) for c, need in zip(cond, needs)]
-        params_wrt = [p for p, need in zip(params, needs[ctx.n_cond:]) if need]
+        needs_cond, needs_params = ctx.needs_input_grad[5 : 5 + ctx.n_cond], ctx.needs_input_grad[5 + ctx.n_cond :]
+        cond = [c.detach().requires_grad_(need) for c, need in zip(cond, needs_cond, strict=True)]
+        params_wrt = [p for p, need in zip(params, needs_params, strict=True) if need]
         wrt = [c for c in cond if c.requires_grad] + params_wrt
         device, dtype, enabled = ctx.autocast
 
@@ -149,14 +149,14 @@ class _AdjointSolve(torch.autograd.Function):
                 y = y.detach().requires_grad_(True)
                 fy = field(t, y, *cond)
                 vjps = torch.autograd.grad(fy, [y, *wrt], a.to(fy.dtype), allow_unused=True)
-            vjps = [torch.zeros_like(x) if v is None else v for v, x in zip(vjps, [y, *wrt])]
+            vjps = [torch.zeros_like(x) if v is None else v for v, x in zip(vjps, [y, *wrt], strict=True)]
             return (fy.detach(), *(-v for v in vjps))
 
         state = (y1, grad_y1, *(torch.zeros_like(x) for x in wrt))
         _, a0, *grads = odeint(augmented, state, method=ctx.method, steps=ctx.steps, t0=1.0, t1=0.0)
         it = iter(grads)
         out = [next(it) if c.requires_grad else None for c in cond]
-        out += [next(it) if need else None for need in needs[ctx.n_cond:]]
+        out += [next(it) if need else None for need in needs_params]
         return (None, None, None, None, a0, *out)
 
 
@@ -357,7 +357,7 @@ class ContinuousUNet(nn.Module):
         widths = [model_channels * m for m in channel_mult]
         self.conv_in = conv(in_channels, widths[0], 3)
         self.encoder = nn.ModuleList()
-        for level, (c, mult) in enumerate(zip(widths, channel_mult)):
+        for level, (c, mult) in enumerate(zip(widths, channel_mult, strict=True)):
             res = img_resolution >> level
             transition = None
             if level > 0:  # FIR downsample, then the 1x1 width change at the lower resolution
