@@ -1,4 +1,6 @@
-"""The ``fastdiffusion`` command: train | sample | eval | bench | info. Bad input ends in one line on stderr and exit code 2."""
+"""The ``fastdiffusion`` command: train | sample | eval | bench | info.
+
+Bad input ends in one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -122,6 +124,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     import torch
 
+    if args.net:
+        from .nets.profile import info_net
+
+        info_net(args)
+        return
+
     from . import __version__
     from .nets import PRESETS as NET_PRESETS
     from .processes import PROCESS_NAMES
@@ -141,6 +149,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .nets.profile import add_info_arguments
     from .samplers import SAMPLERS, SCHEDULES
 
     parser = argparse.ArgumentParser(prog="fastdiffusion", description=__doc__)
@@ -167,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("info", help="versions, device, processes, samplers, networks, presets")
+    p = sub.add_parser("info", help="versions, device, processes, samplers, networks, presets; --net profiles one",
+                       description="Without --net: what is installed and available. With --net NAME: parameters, "
+                       "counted FLOPs per call, activation memory and latency at batch 1 and 256 on --device.")
+    add_info_arguments(p)
     p.set_defaults(func=cmd_info)
 
     from .bench.cli import add_parser as add_bench

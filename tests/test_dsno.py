@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastdiffusion.cli import main as cli_main
-from fastdiffusion.distill import TrajectorySet, generate_trajectories, output_steps, read_manifest, teacher_states
+from fastdiffusion.distill import TrajectorySet, generate_trajectories, output_steps, read_manifest
 from fastdiffusion.distill.cli import add_parser
 from fastdiffusion.errors import UserError
 from fastdiffusion.model import load_model
@@ -132,7 +132,8 @@ def test_trajectories_match_direct_sampling_and_resume(teacher_dir, tmp_path):
     direct = generate(model, list(range(10)), sampler="dpmpp-2m", nfe=8, batch=3, progress=False)
     assert torch.allclose(x[:, 0], direct, atol=1e-5)  # m = 0 is the final sample
     states = []  # every state of one direct run, x_1 .. x_N
-    sample(model, SeededNoise(range(10)).randn((2,)), sampler="dpmpp-2m", nfe=8, callback=lambda d: states.append(d["x"]))
+    z = SeededNoise(range(10)).randn((2,))
+    sample(model, z, sampler="dpmpp-2m", nfe=8, callback=lambda d: states.append(d["x"]))
     for m, j in enumerate(manifest["step_index"]):
         assert torch.allclose(x[:, m], states[j - 1], atol=1e-5)
     assert torch.allclose(torch.cat([s["noise"] for s in shards]), SeededNoise(range(10)).randn((2,)))

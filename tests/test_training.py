@@ -100,7 +100,8 @@ def test_points_data_trains_an_mlp(tmp_path):
     assert meta["data_shape"] == [2] and meta["net"]["arch"] == "mlp"
 
 
-# Tolerances: channels_last changes memory layout and so the convolution algorithm; compile reorders float sums, and Adam's normalised steps turn
+# Tolerances: channels_last changes memory layout and so the convolution algorithm; compile reorders float sums,
+# and Adam's normalised steps turn
 # near-zero gradient differences into weight differences up to ~lr; bf16 keeps 8 bits of mantissa in activations.
 @pytest.mark.parametrize(("data", "net", "switch", "loss_rel", "weight_atol"), [
     ("digits", "ddpmpp-tiny", {"channels_last": True}, 1e-5, 1e-4),

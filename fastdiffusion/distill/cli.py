@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import typing
 from dataclasses import fields
 
@@ -50,8 +51,9 @@ def _train(args: argparse.Namespace) -> None:
     if "adam_betas" in overrides:
         overrides["adam_betas"] = tuple(overrides["adam_betas"])
     path = distill(DistillConfig(**overrides), resume=args.resume, quiet=args.quiet)
-    print(f"student: {path}")
-    print(f"sample:  fastdiffusion sample {path} --sampler dsno --nfe 1")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"student: {path}")
+        print(f"sample:  fastdiffusion sample {path} --sampler dsno --nfe 1")
 
 
 def _scalar(tp: object) -> type:

@@ -8,10 +8,10 @@ times are
 
     tau_m = (m / M)^p,   m = 0 .. M-1,   p = 1 ('uniform') or 2 ('quadratic', DSNO's 'quad', dense near the data),
 
-taken at the nearest step, ``j_m = N - floor(N tau_m + 1/2)`` (distinct and >= 1, else more steps are needed), and stored
-exactly, with no interpolation: ``x[:, m]`` is the sampler's iterate ``x_{j_m}`` at ``sigma_m = sigmas[j_m]``, and
-``x[:, 0] = x_N`` is the final sample, bit-for-bit what ``fastdiffusion.sample`` returns for the same noise. (DSNO's
-code stores the teacher's data predictions instead; the student's output form, ``OneStepGenerator``, makes a data
+taken at the nearest step, ``j_m = N - floor(N tau_m + 1/2)`` (distinct and >= 1, else more steps are needed), and
+stored exactly, with no interpolation: ``x[:, m]`` is the sampler's iterate ``x_{j_m}`` at ``sigma_m = sigmas[j_m]``,
+and ``x[:, 0] = x_N`` is the final sample, what ``fastdiffusion.sample`` returns for the same noise. (DSNO's code
+stores the teacher's data predictions instead; the student's output form, ``OneStepGenerator``, makes a data
 estimate of every stored state.) With M = 4 this is DSNO's grid: tau = 0, 1/16, 1/4, 9/16 (quadratic) or 0, 1/4,
 1/2, 3/4 (uniform).
 
@@ -63,8 +63,8 @@ CONTENTS = ("noise (K, *data_shape) float32: z, the sampler starts at x_T = sigm
 
 
 def output_steps(n_steps: int, times: int, grid: str) -> list[int]:
-    """``j_m = N - floor(N (m / M)^p + 1/2)`` for m = 0 .. M-1 (p = 1 uniform, 2 quadratic): the step index of each output
-    time on an N-step grid; m = 0 is the last step (the sample)."""
+    """``j_m = N - floor(N (m / M)^p + 1/2)`` for m = 0 .. M-1 (p = 1 uniform, 2 quadratic): the step index of each
+    output time on an N-step grid; m = 0 is the last step (the sample)."""
     if grid not in GRIDS:
         raise UserError(f"unknown --grid '{grid}': choose one of {', '.join(GRIDS)}")
     if times < 1:

@@ -32,8 +32,8 @@ with the same method and steps on the augmented state (y, a, g)::
 
     dy/dt = f,    da/dt = -a^T df/dy,    dg/dt = -a^T df/d(theta, film),    a(1) = dL/dy(1),  g(1) = 0
 
-which keeps only y(1) instead of every stage, at the price of one more f and one vector-Jacobian product per stage
-and of gradients that match backpropagation only up to the solver's error (y is re-solved backward, not stored).
+which keeps only y(1) instead of every stage, at the price of re-evaluating f at every backward stage and of
+gradients that match backpropagation only up to the solver's error (y is re-solved backward, not stored).
 
 Differences from the public research code (``reference/cunet.md``): the noise level is actually fed into the vector
 field, the ODE is ``dy/dt = f`` rather than ``f + y``, and attention keeps its residual.
@@ -301,7 +301,9 @@ class ContinuousUNet(nn.Module):
 
     ``augment_channels`` zero channels are appended at the first level, scaled by ``channel_mult`` at the others.
     Attention follows the encoder and decoder blocks at ``attn_resolutions`` and, with ``mid_attention``, the middle
-    block. Every ODE block uses ``solver`` with ``solver_steps`` steps (``ODEBlock.evaluations`` f-calls each).
+    block. Every ODE block uses ``solver`` with ``solver_steps`` steps (``ODEBlock.evaluations`` f-calls each),
+    backpropagated through or, with ``adjoint``, differentiated by the adjoint ODE. ``dropout`` zeroes hidden units of
+    every vector field with one mask per block call (fixed across the solve). Defaults: the ``cunet-small`` preset.
     """
 
     def __init__(
@@ -311,11 +313,11 @@ class ContinuousUNet(nn.Module):
         out_channels: int | None = None,
         *,
         label_dim: int = 0,
-        model_channels: int = 32,
-        channel_mult: Sequence[int] = (1, 2, 2),
+        model_channels: int = 24,
+        channel_mult: Sequence[int] = (1, 2, 2, 4),
         channel_mult_emb: int = 4,
         augment_channels: int = 8,
-        attn_resolutions: Sequence[int] = (),
+        attn_resolutions: Sequence[int] = (8, 4),
         mid_attention: bool = True,
         num_heads: int = 1,
         solver: str = "rk4",
@@ -403,4 +405,5 @@ class ContinuousUNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h))).to(x.dtype)
 
     def ode_blocks(self) -> list[ODEBlock]:
+        """Every ODE block, in module order (e.g. to change ``method`` / ``steps`` after building)."""
         return [m for m in self.modules() if isinstance(m, ODEBlock)]
