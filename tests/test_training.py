@@ -101,8 +101,8 @@ def test_points_data_trains_an_mlp(tmp_path):
 
 
 # Tolerances: channels_last changes memory layout and so the convolution algorithm; compile reorders float sums,
-# and Adam's normalised steps turn
-# near-zero gradient differences into weight differences up to ~lr; bf16 keeps 8 bits of mantissa in activations.
+# and Adam's normalised steps turn near-zero gradient differences into weight differences up to ~lr; bf16 keeps
+# 8 bits of mantissa in activations.
 @pytest.mark.parametrize(("data", "net", "switch", "loss_rel", "weight_atol"), [
     ("digits", "ddpmpp-tiny", {"channels_last": True}, 1e-5, 1e-4),
     ("moons", "mlp", {"compile": True}, 1e-4, 2e-3),
