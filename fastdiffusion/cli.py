@@ -12,31 +12,8 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
+from .cli_args import parse_kv, positive_int
 from .errors import UserError
-
-
-def _parse_kv(items: list[str] | None, flag: str) -> dict:
-    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}; values are read as JSON when they parse, else kept as strings."""
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-    return out
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _scalar_type(tp: object) -> type:
@@ -84,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     for name in ("process_options", "net_options"):
         if name in overrides:
-            overrides[name] = {**getattr(cfg, name), **_parse_kv(overrides[name], "--" + name[:-4])}
+            overrides[name] = {**getattr(cfg, name), **parse_kv(overrides[name], "--" + name[:-4])}
     if "adam_betas" in overrides:
         overrides["adam_betas"] = tuple(overrides["adam_betas"])
     for k, v in overrides.items():
@@ -107,7 +84,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from .training import distributed
 
     seeds = parse_seeds(args.seeds)
-    hyper = _parse_kv(args.opt, "--opt")
+    hyper = parse_kv(args.opt, "--opt")
     check_sampler_args(args.sampler, args.nfe, hyper)
     output_kind(args.out)
     d = distributed.setup(args.device)
@@ -164,10 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate samples. Image i depends only on seed i (any batch size, any GPU count).")
     p.add_argument("model", help="a run directory (newest checkpoint), a checkpoint directory or a .safetensors file")
     p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
-    p.add_argument("--nfe", type=_positive_int, default=35, help="network calls per sample (default 35)")
+    p.add_argument("--nfe", type=positive_int, default=35, help="network calls per sample (default 35)")
     p.add_argument("--schedule", choices=list(SCHEDULES), help="noise-level schedule (default: the sampler's)")
     p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9 (default 0-63)")
-    p.add_argument("--batch", type=_positive_int, default=256)
+    p.add_argument("--batch", type=positive_int, default=256)
     p.add_argument("--out", default="samples.png", help=".png grid, .npz array, or a folder (one PNG per seed)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. churn=10")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
@@ -190,17 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand: a UserError becomes one line on stderr and exit code 2, an OS error (disk full,
+    permission) one line and exit code 1."""
     try:
         args.func(args)
     except UserError as e:
         print(f"fastdiffusion {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"fastdiffusion {args.command}: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

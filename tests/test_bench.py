@@ -12,14 +12,6 @@ from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("problem", bench.PROBLEMS + bench.TUNING_PROBLEMS[:1], ids=lambda p: p.name)
 def test_mixture_denoiser_matches_the_reference(problem):
     mixture = problem.make()

@@ -15,13 +15,6 @@ RING = GaussianMixture.ring2d()
 DENOISE = MixtureDenoiser(RING)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def trajectory(fn, x, sigmas, **hyper):
     states = []

@@ -19,13 +19,6 @@ SMALL = dict(arch="cunet", in_channels=2, out_channels=2, img_resolution=8, mode
              augment_channels=4, attn_resolutions=[2], label_dim=3)  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _inputs(net: ContinuousUNet, n: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)

@@ -17,14 +17,6 @@ SIGMA_MIN, SIGMA_MAX = 0.05, 80.0
 STEPS = [12, 24, 48, 96]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def ode_problem():

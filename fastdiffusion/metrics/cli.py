@@ -11,36 +11,12 @@ alone. Bad input ends in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..cli_args import parse_kv, positive_int
 
 __all__ = ["add_parser", "cmd_eval", "main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _kv(items: list[str] | None) -> dict:
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UserError(f"--opt {item!r}: expected KEY=VALUE")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-    return out
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--metrics", help=f"comma-separated, from {','.join(METRICS)} "
                                      "(default: fd-digits,prdc,memorization for digits; sliced for points, + gmm-nll "
                                      "for mixtures)")
-    p.add_argument("--n", type=_positive_int, help=f"samples to generate (default {DEFAULT_N}) or to read "
+    p.add_argument("--n", type=positive_int, help=f"samples to generate (default {DEFAULT_N}) or to read "
                                                    "(default: all in the file)")
     p.add_argument("--reference", help="DATASET@SPLIT, DATASET, SPLIT or a FID statistics .npz (default: the run's "
                                        "training data, else digits; split test for bundled sets, all for paths)")
@@ -68,11 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--save-ref-stats", type=Path, metavar="NPZ",
                    help="also save the FID reference statistics computed from images to this .npz")
     p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
-    p.add_argument("--nfe", type=_positive_int, default=35, help="network calls per sample (default 35)")
+    p.add_argument("--nfe", type=positive_int, default=35, help="network calls per sample (default 35)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. churn=10")
     p.add_argument("--seeds", help="e.g. 0-999 (default: 0..n-1)")
     p.add_argument("--raw", action="store_true", help="evaluate the raw weights instead of the EMA")
-    p.add_argument("--batch", type=_positive_int, default=256, help="generation / feature batch (default 256)")
+    p.add_argument("--batch", type=positive_int, default=256, help="generation / feature batch (default 256)")
     p.add_argument("--out", type=Path, help="write the full report (JSON) here")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -113,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     try:
         report = evaluate(args.model_or_samples, metrics=args.metrics, n=args.n, reference=args.reference,
                           sampler=args.sampler, nfe=args.nfe, seeds=args.seeds, ema=not args.raw, batch=args.batch,
-                          device=str(d.device), inception=args.inception, sampler_options=_kv(args.opt),
+                          device=str(d.device), inception=args.inception, sampler_options=parse_kv(args.opt, "--opt"),
                           save_reference_stats=args.save_ref_stats, progress=not args.quiet)
         argv = getattr(args, "argv", None)
         report["command"] = " ".join(["fastdiffusion", *(argv if argv is not None else sys.argv[1:])])
@@ -137,15 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["eval", *argv]  # `python -m fastdiffusion.metrics.cli ARGS` means `fastdiffusion eval ARGS`
     args = parser.parse_args(argv)
     args.argv = argv
-    try:
-        args.func(args)
-    except UserError as e:
-        print(f"fastdiffusion eval: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    from ..cli import dispatch
+
+    return dispatch(args)
 
 
 if __name__ == "__main__":

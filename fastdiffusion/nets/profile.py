@@ -242,9 +242,9 @@ def format_profile(p: dict[str, Any]) -> str:
 
 def info_net(args: argparse.Namespace) -> dict[str, Any]:
     """``fastdiffusion info --net NAME ...``: print the profile (text, or JSON with ``--json``) and return it."""
-    from fastdiffusion.cli import _parse_kv
+    from ..cli_args import parse_kv
 
-    options = _parse_kv(getattr(args, "net_options", None), "--net-opt")
+    options = parse_kv(getattr(args, "net_options", None), "--net-opt")
     if args.resolution < 1 or args.channels < 1:
         raise UserError("--resolution and --channels must be positive")
     p = profile_net(args.net, args.resolution, args.channels, args.device, args.batches, net_options=options,

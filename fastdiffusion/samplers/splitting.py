@@ -58,11 +58,15 @@ from ..processes.psld import PSLD, apply_block, cholesky2, join, split
 from .conjugate import LinearPFODE, conjugate_step, phi_coefficients, tuned_lambda
 from .registry import SamplerSpec, one_call_per_step, register
 
-# Per-NFE defaults (tuned on separate mixtures, see fastdiffusion/bench/psld_samplers.py); interpolated in ln NFE.
-PSLD_CONJ_LAMBDA: dict[int, float] = {10: 0.0, 200: 0.0}
-CSPS_D_LAMBDA: dict[int, float] = {10: 0.0, 200: 0.0}
-SPS_S_LAMBDA_S: dict[int, float] = {10: 1.0, 200: 1.0}
-CSPS_S_LAMBDA_S: dict[int, float] = {10: 1.0, 200: 1.0}
+# Per-NFE defaults, tuned on mixtures kept apart from the benchmark's by
+#   python -m fastdiffusion.bench.psld_samplers --tune --skip-bench --n 4000 --n-exact 300
+# (protocol: fastdiffusion/bench/psld_samplers.py; scores in benchmarks/psld_samplers/tuning.json), for the default
+# quadratic schedule on [eval_eps, T] of the reference PSLD constants. Between the listed NFEs the value is
+# interpolated linearly in ln(NFE); outside them the nearest entry is used (``conjugate.tuned_lambda``).
+PSLD_CONJ_LAMBDA: dict[int, float] = {10: -1.5, 20: -1.5, 50: -1.5, 100: -1.5, 200: -1.5}
+CSPS_D_LAMBDA: dict[int, float] = {10: -1.0, 20: -0.5, 50: 0.0, 100: -0.25, 200: -0.25}
+SPS_S_LAMBDA_S: dict[int, float] = {10: 3.0, 20: 5.0, 50: 7.0, 100: 5.0, 200: 5.0}
+CSPS_S_LAMBDA_S: dict[int, float] = {10: 0.0, 20: 0.0, 50: 0.0, 100: 2.0, 200: 2.0}
 
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 Noise = Callable[[Tensor], Tensor] | None
