@@ -1,4 +1,4 @@
-"""The ``fastdiffusion`` command: train | sample | eval | bench | info.
+"""The ``fastdiffusion`` command: train | sample | eval | distill | bench | info.
 
 Bad input ends in one line on stderr and exit code 2."""
 
@@ -160,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     from .bench.cli import add_parser as add_bench
+    from .distill.cli import add_parser as add_distill
     from .metrics.cli import add_parser as add_eval
 
     add_eval(sub)
+    add_distill(sub)
     add_bench(sub)
     return parser
 

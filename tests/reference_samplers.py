@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import types
@@ -13,6 +14,7 @@ import types
 import torch
 
 
+@functools.cache
 def load_k_diffusion_sampling() -> types.ModuleType:
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:

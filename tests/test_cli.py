@@ -24,7 +24,8 @@ def test_help_on_every_subcommand(capsys):
     proc = subprocess.run([sys.executable, "-m", "fastdiffusion.cli", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "usage: fastdiffusion" in proc.stdout
-    for cmd in [["train"], ["sample"], ["info"], ["eval"], ["bench"], ["bench", "samplers"], ["bench", "throughput"]]:
+    for cmd in [["train"], ["sample"], ["info"], ["eval"], ["bench"], ["bench", "samplers"], ["bench", "throughput"],
+                ["distill"], ["distill", "trajectories"], ["distill", "train"]]:
         with pytest.raises(SystemExit) as exit_info:
             main([*cmd, "--help"])
         assert exit_info.value.code == 0 and f"usage: fastdiffusion {' '.join(cmd)}" in capsys.readouterr().out

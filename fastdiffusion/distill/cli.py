@@ -11,12 +11,7 @@ import os
 import typing
 from dataclasses import fields
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from ..cli_args import positive_int
 
 
 def _trajectories(args: argparse.Namespace) -> None:
@@ -78,16 +73,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     t.add_argument("model", help="teacher: a run directory, checkpoint directory or .safetensors model file")
     deterministic = sorted(n for n, s in SAMPLERS.items() if s.family == "edm" and not s.stochastic)
     t.add_argument("--sampler", default="heun", choices=deterministic)
-    t.add_argument("--nfe", type=_positive_int, default=35, help="teacher network calls per trajectory (default 35)")
-    t.add_argument("--times", type=_positive_int, default=4, help="M, output times per trajectory (default 4)")
+    t.add_argument("--nfe", type=positive_int, default=35, help="teacher network calls per trajectory (default 35)")
+    t.add_argument("--times", type=positive_int, default=4, help="M, output times per trajectory (default 4)")
     t.add_argument("--grid", default="quadratic", choices=list(GRIDS),
                    help="output times tau_m = (m/M)^p in the sampler's normalised step time (default quadratic)")
     t.add_argument("--schedule", choices=list(SCHEDULES), help="noise-level schedule (default: the sampler's)")
     t.add_argument("--seeds", default="0-9999", help="e.g. 0-99999 (default 0-9999)")
-    t.add_argument("--shard-size", type=_positive_int, default=1000, help="seeds per shard file (default 1000)")
+    t.add_argument("--shard-size", type=positive_int, default=1000, help="seeds per shard file (default 1000)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--dtype", default="fp16", choices=list(DTYPES), help="storage type of the states (default fp16)")
-    t.add_argument("--batch", type=_positive_int, default=256, help="seeds per sampler batch (default 256)")
+    t.add_argument("--batch", type=positive_int, default=256, help="seeds per sampler batch (default 256)")
     t.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. order=2")
     t.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     t.add_argument("--bf16", action="store_true", help="run the teacher under bf16 autocast")

@@ -27,6 +27,7 @@ checkpoints with ``--resume``. Every checkpoint's ``ema.safetensors`` is a model
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ from ..checkpoint import (
 )
 from ..denoiser import OneStepGenerator
 from ..errors import UserError
-from ..model import load_model, model_meta
+from ..model import load_model, model_meta, resolve_model_file
 from ..nets import build_net, net_config
 from ..plots import plot_loss, save_samples
 from ..training import distributed
@@ -155,6 +156,9 @@ def _load_teacher(cfg: DistillConfig, manifest: dict, device: torch.device) -> t
     if json.loads(json.dumps(model_meta(teacher))) != recorded["meta"]:
         raise UserError(f"--teacher {path}: not the model these trajectories were made with (its description "
                         f"differs from the manifest's)")
+    if recorded.get("sha256") and sha256(resolve_model_file(path)) != recorded["sha256"]:
+        print(f"warning: --teacher {path} has other weights than the trajectories' teacher ({recorded['path']}); "
+              f"the student starts from the weights given", file=sys.stderr)
     return teacher
 
 
