@@ -303,11 +303,22 @@ def markdown(result: dict) -> str:
         reach = "never (NFE ≤ 200)" if c["baseline_reaches_at"] is None else \
             f"NFE {c['baseline_reaches_at'][0]} ({c['baseline_reaches_at'][1]})"
         lines.append(f"| {problem} | {c['best']} | {c['mmd']:.3g} | {reach} | {'yes' if c['holds'] else 'no'} |")
-    if "tuning" in result:
-        lines += ["", "## Tuned hyperparameters (per NFE)", ""]
-        for name, table in result["tuning"]["tables"].items():
+    tables = result["tuning"]["tables"] if "tuning" in result else result.get("defaults", {})
+    if tables:
+        lines += ["", "## Tuned hyperparameters (per NFE)", "",
+                  "Tuned by `--tune` on separate mixtures (module docstring; scores in tuning.json) and stored in "
+                  "`fastdiffusion.samplers.splitting`; the runs above use these defaults.", ""]
+        for name, table in tables.items():
             lines.append(f"- {name} ({TUNED[name][0]}): " + ", ".join(f"{k}: {v}" for k, v in table.items()))
     return "\n".join(lines) + "\n"
+
+
+def tuned_defaults() -> dict[str, dict[int, float]]:
+    """The per-NFE defaults the samplers module holds (what a run without ``--tune`` uses)."""
+    from ..samplers import splitting
+
+    return {"psld-conj": splitting.PSLD_CONJ_LAMBDA, "csps-d": splitting.CSPS_D_LAMBDA,
+            "sps-s": splitting.SPS_S_LAMBDA_S, "csps-s": splitting.CSPS_S_LAMBDA_S}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -363,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
     nfes = [10, 20] if args.quick else [int(v) for v in args.nfe.split(",")]
     samplers = args.samplers.split(",") if args.samplers else psld_samplers()
     t0 = time.perf_counter()
-    result: dict = {**provenance(args.device), "nfe": nfes}
+    result: dict = {**provenance(args.device), "nfe": nfes, "defaults": tuned_defaults()}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tune:
         result["tuning"] = tune(nfes, n, n_exact, args.device)
