@@ -79,16 +79,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from .model import load_model
     from .outputs import output_kind, write_samples
-    from .sampling import check_sampler_args, generate
+    from .sampling import check_sampler_args, generate, resolve_sampler
     from .seeds import parse_seeds
     from .training import distributed
 
     seeds = parse_seeds(args.seeds)
     hyper = parse_kv(args.opt, "--opt")
-    check_sampler_args(args.sampler, args.nfe, hyper)
     output_kind(args.out)
     d = distributed.setup(args.device)
     model = load_model(args.model, ema=not args.raw, device=d.device)
+    args.sampler, args.nfe = resolve_sampler(model, args.sampler, args.nfe)
+    check_sampler_args(args.sampler, args.nfe, hyper)
     with torch.autocast(d.device.type, torch.bfloat16, enabled=args.bf16):
         x = generate(model, seeds, batch=args.batch, device=d.device, sampler=args.sampler, nfe=args.nfe,
                      schedule=args.schedule, progress=not args.quiet, **hyper)
@@ -140,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate samples from a trained model",
                        description="Generate samples. Image i depends only on seed i (any batch size, any GPU count).")
     p.add_argument("model", help="a run directory (newest checkpoint), a checkpoint directory or a .safetensors file")
-    p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
-    p.add_argument("--nfe", type=positive_int, default=35, help="network calls per sample (default 35)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: heun for EDM-family models, sscs for PSLD, "
+                   "dsno for DSNO students (see `fastdiffusion info`)")
+    p.add_argument("--nfe", type=positive_int, help="network calls per sample (default: 35 heun, 100 sscs, 1 dsno)")
     p.add_argument("--schedule", choices=list(SCHEDULES), help="noise-level schedule (default: the sampler's)")
     p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9 (default 0-63)")
     p.add_argument("--batch", type=positive_int, default=256)

@@ -14,6 +14,8 @@ from .samplers import SAMPLERS, SamplerSpec, get_sampler, make_sigmas
 
 # EDM's default sampling range, used for bare callables that do not say their own.
 DEFAULT_RANGE = (0.002, 80.0)
+# (sampler, NFE) used when the caller names none: EDM's Heun at 18 steps, PSLD's SSCS baseline, DSNO's one call.
+FAMILY_DEFAULTS = {"edm": ("heun", 35), "psld": ("sscs", 100), "dsno": ("dsno", 1)}
 
 
 class CountingDenoiser:
@@ -52,6 +54,14 @@ def sampling_range(model: Callable) -> tuple[float, float]:
     return lo, hi
 
 
+def resolve_sampler(model: Callable, sampler: str | None, nfe: int | None) -> tuple[str, int]:
+    """The model family's default sampler and NFE for whichever of the two is not given."""
+    default_sampler, default_nfe = FAMILY_DEFAULTS[model_family(model)]
+    if sampler is None:
+        return default_sampler, nfe or default_nfe
+    return sampler, nfe or FAMILY_DEFAULTS[get_sampler(sampler).family][1]
+
+
 def check_sampler_args(sampler: str, nfe: int, hyper: dict) -> SamplerSpec:
     """The sampler's spec, after checking that it can make exactly ``nfe`` calls and takes every option in ``hyper``."""
     spec = get_sampler(sampler)
@@ -65,7 +75,8 @@ def check_sampler_args(sampler: str, nfe: int, hyper: dict) -> SamplerSpec:
     return spec
 
 
-def sample(model: Callable, noise: Tensor, *, sampler: str = "heun", nfe: int = 35, schedule: str | None = None,
+def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: int | None = None,
+           schedule: str | None = None,
            sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
            class_labels: Tensor | None = None, noise_fn: Callable[[Tensor], Tensor] | None = None,
            callback: Callable[[dict], None] | None = None, progress: bool = False, **hyper: Any) -> Tensor:
@@ -78,7 +89,9 @@ def sample(model: Callable, noise: Tensor, *, sampler: str = "heun", nfe: int = 
     whole trajectory, the t = 0 image is returned and ``callback`` receives the M trajectory points.
     The state is kept in fp32 whatever precision the model runs in. ``noise_fn`` draws
     the fresh noise of stochastic samplers (pass ``SeededNoise(seeds)`` for per-image reproducibility).
+    Without ``sampler``/``nfe`` the model family's defaults apply (``FAMILY_DEFAULTS``).
     """
+    sampler, nfe = resolve_sampler(model, sampler, nfe)
     spec = check_sampler_args(sampler, nfe, hyper)
     family = model_family(model)
     if spec.family != family:

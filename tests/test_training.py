@@ -116,3 +116,10 @@ def test_performance_switches_leave_results_unchanged(tmp_path, data, net, switc
     if weight_atol is not None:
         wa, wb = weights(ref), weights(fast)
         assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < weight_atol
+
+
+def test_psld_trains_and_draws_its_grid_with_the_family_default_sampler(tmp_path):
+    ckpt = train(tiny(tmp_path / "psld", data="gmm", net="mlp", net_options={}, process="psld", process_options={},
+                      steps=2, grid_nfe=None), quiet=True)
+    assert (tmp_path / "psld" / "samples.png").stat().st_size > 0
+    assert json.loads((ckpt / "state.json").read_text())["model"]["process"]["name"] == "psld"

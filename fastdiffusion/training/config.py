@@ -63,8 +63,8 @@ class TrainConfig:
     keep_ckpts: int = 3
     log_every: int = 25
     grid_images: int = 64
-    grid_sampler: str = "heun"
-    grid_nfe: int = 35
+    grid_sampler: str | None = None  # None = the process family's default (heun 35 NFE for EDM, sscs for PSLD)
+    grid_nfe: int | None = None
     device: str = "auto"
 
     def to_json(self) -> dict:
@@ -103,7 +103,7 @@ RESUME_KEYS = ("data", "data_split", "xflip", "process", "process_options", "net
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's main job: FDM-EDM on 16-px bundled digits, about 4 minutes on a 2-core CPU.
     "demo": {"run_dir": "runs/demo", "data": "digits16", "process": "fdm-edm", "net": "ddpmpp-tiny",
-             "batch": 64, "steps": 1500, "lr": 2e-3, "ema_halflife_kimg": 10.0, "ckpt_every": 500},
+             "batch": 64, "steps": 1200, "lr": 2e-3, "ema_halflife_kimg": 10.0, "ckpt_every": 400},
     # EDM's CIFAR-10 DDPM++ setup (batch 512, lr 1e-3, 10 Mimg warm-up) on 32-px digits for GPUs.
     "edm-cifar10": {"net": "ddpmpp-cifar10", "process": "edm", "batch": 512, "lr": 1e-3, "lr_warmup": 19531,
                     "ema_halflife_kimg": 500.0, "xflip": False},
