@@ -3,6 +3,7 @@ one run directory, and unsafe loading. Each test prints how many scenarios / tri
 
 import errno
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -45,6 +46,10 @@ def same_weights(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def newest_checkpoint(run: Path) -> str:
+    return max((p.name for p in run.glob("ckpt-????????")), default="")
+
+
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, record_fault):
     steps = 10
     def command(run_dir):
@@ -57,21 +62,18 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, r
     reference = tmp_path / "ref" / f"ckpt-{steps:08d}"
     run = tmp_path / "killed"
     cmd = command(run)
-    rng, kills, launches, in_write = random.Random(0), 0, 0, 0
+    rng, kills, launches = random.Random(0), 0, 0
     while launches < 40:
         launches += 1
         proc = subprocess.Popen([*cmd, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        # Wait for the first checkpoint of this attempt to start, then kill somewhere in the next checkpoints.
+        # Kill only after this launch has written a checkpoint of its own, at a random moment of the steps and
+        # checkpoint writes that follow (with --ckpt-every 1 most of a step's time is the write).
         deadline = time.time() + 120
-        start = len(list(run.glob("ckpt-*"))) if run.exists() else 0
-        while proc.poll() is None and time.time() < deadline:
-            n = len(list(run.glob("ckpt-*"))) if run.exists() else 0
-            if n > start or list(run.glob("ckpt-*.tmp-*")):
-                break
+        start = newest_checkpoint(run)
+        while proc.poll() is None and time.time() < deadline and newest_checkpoint(run) <= start:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.6))
         if proc.poll() is None and kills < 8:
-            in_write += bool(list(run.glob("ckpt-*.tmp-*")))  # a checkpoint directory was being written
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         if proc.wait(timeout=300) == 0:
@@ -83,8 +85,36 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, r
     assert same_weights(reference / "ema.safetensors", final / "ema.safetensors")
     assert losses(tmp_path / "ref") == losses(run)
     assert not list(run.glob("*.tmp-*"))
-    record_fault("SIGKILL at a random moment", kills - in_write)
-    record_fault("SIGKILL while a checkpoint was being written", in_write)
+    record_fault("SIGKILL at a random moment of training", kills)
+
+
+def _write_checkpoints_forever(run_dir: str) -> None:
+    tensors = {f"w{i}": torch.randn(256, 1024) for i in range(8)}  # 8 MiB per file: writes take a while
+    step = 0
+    while True:
+        step += 1
+        checkpoint.write_checkpoint(Path(run_dir), step, {"model.safetensors": (tensors, {}),
+                                                        "ema.safetensors": (tensors, {})}, {"note": "x"})
+        checkpoint.prune_checkpoints(Path(run_dir), 2)
+
+
+def test_sigkill_inside_checkpoint_writes_never_leaves_a_pickable_partial(tmp_path, record_fault):
+    ctx = multiprocessing.get_context("fork")
+    rng, in_write = random.Random(1), 0
+    trials = 12
+    for _ in range(trials):
+        child = ctx.Process(target=_write_checkpoints_forever, args=(str(tmp_path),))
+        child.start()
+        time.sleep(rng.uniform(0.05, 0.5))
+        in_write += bool(list(tmp_path.glob("ckpt-*.tmp-*")))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        for ckpt in checkpoint.list_checkpoints(tmp_path):  # everything --resume could pick verifies
+            checkpoint.verify_checkpoint(ckpt)
+        checkpoint.clean_partial(tmp_path)
+        assert not list(tmp_path.glob("*.tmp-*"))
+    assert in_write >= trials // 2  # most kills landed inside a write
+    record_fault("SIGKILL inside a checkpoint write", in_write)
 
 
 def test_disk_full_during_checkpoint_keeps_previous_and_leaves_no_partial(tmp_path, monkeypatch, record_fault):
