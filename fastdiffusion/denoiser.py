@@ -8,13 +8,8 @@ from torch import Tensor, nn
 from .processes import Process
 
 
-class Denoiser(nn.Module):
-    """``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` (EDM eq. 7), the coefficients asked of the process.
-
-    It knows its process, the network config it was built from and the per-sample data shape, so a saved model can be
-    rebuilt and sampled without any other information. The outer combination runs in fp32 even when the network runs
-    under bf16 autocast: the skip path carries most of the signal at low noise.
-    """
+class ProcessModel(nn.Module):
+    """A network with what is needed to rebuild and sample it: its process, network config and per-sample shape."""
 
     def __init__(self, net: nn.Module, process: Process, net_config: dict, data_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -22,6 +17,15 @@ class Denoiser(nn.Module):
         self.process = process
         self.net_config = dict(net_config)
         self.data_shape = tuple(data_shape)
+
+
+class Denoiser(ProcessModel):
+    """``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` (EDM eq. 7), the coefficients asked of the process.
+
+    It knows its process, the network config it was built from and the per-sample data shape, so a saved model can be
+    rebuilt and sampled without any other information. The outer combination runs in fp32 even when the network runs
+    under bf16 autocast: the skip path carries most of the signal at low noise.
+    """
 
     @property
     def sigma_min(self) -> float:
@@ -41,7 +45,7 @@ class Denoiser(nn.Module):
         return c_skip * x + c_out * out.float()
 
 
-class PSLDModel(nn.Module):
+class PSLDModel(ProcessModel):
     """A PSLD ε-network ``ε_θ(z, t)`` on the augmented state z = (x, m): the network sees and predicts both channel
     groups (2C channels in and out) and is conditioned on ``process.c_noise(t)``; the score is −L_t^{-T} ε_θ.
 
@@ -49,12 +53,6 @@ class PSLDModel(nn.Module):
     from its JSON description. The output is returned in fp32 whatever precision the network runs in.
     """
 
-    def __init__(self, net: nn.Module, process: Process, net_config: dict, data_shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.net = net
-        self.process = process
-        self.net_config = dict(net_config)
-        self.data_shape = tuple(data_shape)
 
     def forward(self, z: Tensor, t: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64, device=z.device).reshape(-1).expand(z.shape[0])

@@ -50,7 +50,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastdiffusion.errors import UserError
-from fastdiffusion.nets.unet import GroupNorm, PositionalEmbedding, Resample, _check_choice, _labels, conv, linear
+from fastdiffusion.nets.unet import (
+    GroupNorm,
+    PositionalEmbedding,
+    Resample,
+    _check_choice,
+    conv,
+    linear,
+    mapping_network,
+)
 
 __all__ = ["ContinuousUNet", "ODEBlock", "VectorField", "Attention", "TABLEAUS", "odeint"]
 
@@ -384,13 +392,7 @@ class ContinuousUNet(nn.Module):
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """x: (N, in_channels, H, W); noise_labels: (N,) or scalar c_noise; class_labels as for ``SongUNet`` (None =
         unconditional). Returns (N, out_channels, H, W) in the dtype of ``x``."""
-        n = x.shape[0]
-        emb = self.map_noise(noise_labels.reshape(-1).expand(n))
-        if self.map_label is not None:
-            emb = emb + self.map_label(_labels(class_labels, n, self.label_dim, emb) * math.sqrt(self.label_dim))
-        elif class_labels is not None:
-            raise ValueError("class_labels given to a network built with label_dim=0")
-        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
+        emb = mapping_network(self, noise_labels, class_labels, x.shape[0])
 
         h = self.conv_in(x)
         skips = []

@@ -10,12 +10,10 @@ The same forward signature as the U-Net, so the processes and samplers treat bot
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastdiffusion.nets.unet import FourierEmbedding, PositionalEmbedding, _check_choice, _labels, linear
+from fastdiffusion.nets.unet import FourierEmbedding, PositionalEmbedding, _check_choice, linear, mapping_network
 
 __all__ = ["MLP"]
 
@@ -71,13 +69,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """x: (N, in_channels); noise_labels: (N,) or scalar; class_labels as for ``SongUNet`` (None = no label; labels
         given to a label_dim=0 network are an error). Returns (N, out_channels) in the dtype of ``x``."""
-        n = x.shape[0]
-        emb = self.map_noise(noise_labels.reshape(-1).expand(n))
-        if self.map_label is not None:
-            emb = emb + self.map_label(_labels(class_labels, n, self.label_dim, emb) * math.sqrt(self.label_dim))
-        elif class_labels is not None:
-            raise ValueError("class_labels given to a network built with label_dim=0")
-        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
+        emb = mapping_network(self, noise_labels, class_labels, x.shape[0])
         h = self.input(x)
         for block in self.blocks:
             h = block(h, emb)

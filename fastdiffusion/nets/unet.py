@@ -362,18 +362,8 @@ class SongUNet(nn.Module):
         """x: (N, in_channels, H, W); noise_labels: (N,) or scalar c_noise; class_labels: (N, label_dim) one-hot /
         soft labels or (N,) integer classes, None = unconditional (all-zero label). Returns (N, out_channels, H, W)
         in the dtype of ``x``."""
-        n = x.shape[0]
-        emb = self.map_noise(noise_labels.reshape(-1).expand(n))
-        if self.map_label is not None:
-            y = _labels(class_labels, n, self.label_dim, emb)
-            if self.training and self.label_dropout:
-                y = y * (torch.rand(n, 1, device=y.device) >= self.label_dropout).to(y.dtype)
-            emb = emb + self.map_label(y * math.sqrt(self.label_dim))  # one-hot * sqrt(K) has unit RMS
-        elif class_labels is not None:
-            raise ValueError("class_labels given to a network built with label_dim=0")
-        if self.map_augment is not None and augment_labels is not None:
-            emb = emb + self.map_augment(augment_labels.to(emb.dtype))
-        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
+        aug = None if self.map_augment is None or augment_labels is None else self.map_augment(augment_labels.float())
+        emb = mapping_network(self, noise_labels, class_labels, x.shape[0], self.label_dropout, aug)
 
         h = self.conv_in(x)
         skips, aux = [h], x
@@ -405,6 +395,27 @@ class SongUNet(nn.Module):
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise UserError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+def mapping_network(net: nn.Module, noise_labels: Tensor, class_labels: Tensor | None, n: int,
+                    label_dropout: float = 0.0, extra: Tensor | None = None) -> Tensor:
+    """EDM's mapping network, shared by every backbone that has ``map_noise``, ``map_label`` (or None), ``label_dim``,
+    ``map_layer0`` and ``map_layer1``: ``emb = SiLU(L1(SiLU(L0(e(c_noise) + W_y sqrt(K) y + extra))))``.
+
+    ``y`` is the (N, K) label matrix (one-hot * sqrt(K) has unit RMS), dropped per example with ``label_dropout`` in
+    training; labels given to a network built with label_dim=0 are an error.
+    """
+    emb = net.map_noise(noise_labels.reshape(-1).expand(n))
+    if net.map_label is not None:
+        y = _labels(class_labels, n, net.label_dim, emb)
+        if net.training and label_dropout:
+            y = y * (torch.rand(n, 1, device=y.device) >= label_dropout).to(y.dtype)
+        emb = emb + net.map_label(y * math.sqrt(net.label_dim))
+    elif class_labels is not None:
+        raise ValueError("class_labels given to a network built with label_dim=0")
+    if extra is not None:
+        emb = emb + extra.to(emb.dtype)
+    return F.silu(net.map_layer1(F.silu(net.map_layer0(emb))))
 
 
 def _labels(class_labels: Tensor | None, n: int, label_dim: int, like: Tensor) -> Tensor:
