@@ -60,7 +60,7 @@ from ..plots import plot_loss, save_samples
 from ..training import distributed
 from ..training.ema import EMA, ema_beta
 from ..training.lock import RunLock
-from ..training.loop import _load_optimizer, _optimizer_tensors, truncate_log
+from ..training.loop import guarded_update, load_optimizer, optimizer_tensors, truncate_log
 from .trajectories import TrajectorySet
 
 __all__ = ["DistillConfig", "DistillTrainer", "build_student", "distill", "time_weights", "trajectory_loss"]
@@ -227,7 +227,7 @@ class DistillTrainer:
         opt_t, _ = read_weights(ckpt / "optimizer.safetensors")
         self.model.net.load_state_dict(weights)
         self.ema.model.net.load_state_dict(ema_w)
-        _load_optimizer(self.opt, opt_t, state["optimizer"])
+        load_optimizer(self.opt, opt_t, state["optimizer"])
         self.gen.set_state(opt_t["rng.step_generator"])
         if f"rng.torch.{self.dist.rank}" in opt_t:
             torch.set_rng_state(opt_t[f"rng.torch.{self.dist.rank}"])
@@ -239,7 +239,7 @@ class DistillTrainer:
 
     def save_checkpoint(self) -> Path:
         meta = model_meta(self.model)
-        opt_t, opt_meta = _optimizer_tensors(self.opt)
+        opt_t, opt_meta = optimizer_tensors(self.opt)
         files = {"model.safetensors": (state_dict_cpu(self.model.net), meta),
                  "ema.safetensors": (state_dict_cpu(self.ema.model.net), meta),
                  "optimizer.safetensors": ({**opt_t, "rng.step_generator": self.gen.get_state(),
@@ -298,16 +298,9 @@ class DistillTrainer:
             pred = self.ddp(x_t)
             loss, _ = trajectory_loss(pred, x, self.weights, cfg.loss, x_t=x_t, ratios=self.model.ratios())
         loss.backward()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        bad = (~(torch.isfinite(norm) & torch.isfinite(loss))).float()
-        if cfg.grad_clip:
-            torch._foreach_mul_(grads, (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0))
-        self.opt.found_inf = bad  # the fused step is skipped on device when it is 1
-        self.opt.step()
         self.step += 1
-        self.ema.update(self.model, ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg,
-                                             cfg.ema_rampup))
+        guarded_update(self.model, self.opt, self.ema, loss.detach(), cfg.grad_clip,
+                       ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg, cfg.ema_rampup))
         return loss.detach()
 
     def _log(self, row: dict) -> None:

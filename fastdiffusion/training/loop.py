@@ -97,13 +97,13 @@ def _net_config_for(cfg: TrainConfig, data: Dataset) -> dict:
     return net_config(cfg.net, img_resolution=h, in_channels=groups * c, out_channels=groups * c, **cfg.net_options)
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
     sd = opt.state_dict()
     tensors = {f"opt.{i}.{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()}
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict) -> None:
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict) -> None:
     state: dict[int, dict[str, Tensor]] = {}
     for key, v in tensors.items():
         if key.startswith("opt."):
@@ -121,6 +121,21 @@ def _rng_tensors(gen: torch.Generator) -> dict[str, Tensor]:
     if torch.cuda.is_available():
         out["rng.cuda"] = torch.cuda.get_rng_state()
     return out
+
+
+def guarded_update(model: torch.nn.Module, opt: torch.optim.Optimizer, ema: EMA, loss: Tensor,
+                   grad_clip: float | None, beta: float) -> Tensor:
+    """Clip the global gradient norm, take the (fused) Adam step unless the loss or gradients are non-finite, then
+    move the EMA; returns 1.0 for a skipped step, 0.0 otherwise, as a device tensor (no host sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    bad = (~(torch.isfinite(norm) & torch.isfinite(loss))).float()
+    if grad_clip:
+        torch._foreach_mul_(grads, (grad_clip / (norm + 1e-6)).clamp(max=1.0))
+    opt.found_inf = bad  # the fused step is skipped on device when it is 1
+    opt.step()
+    ema.update(model, beta)  # a skipped step left the weights unchanged, so the EMA needs no guard
+    return bad
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -241,7 +256,7 @@ class Trainer:
         try:
             self.model.net.load_state_dict(weights)
             self.ema.model.net.load_state_dict(ema_w)
-            _load_optimizer(self.opt, opt_t, state["optimizer"])
+            load_optimizer(self.opt, opt_t, state["optimizer"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise UserError(f"{ckpt}: does not fit this run's network ({str(e).splitlines()[0]})") from None
         self.gen.set_state(opt_t["rng.step_generator"])
@@ -253,7 +268,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         meta = model_meta(self.model)
-        opt_t, opt_meta = _optimizer_tensors(self.opt)
+        opt_t, opt_meta = optimizer_tensors(self.opt)
         files = {
             "model.safetensors": (state_dict_cpu(self.model.net), meta),
             "ema.safetensors": (state_dict_cpu(self.ema.model.net), meta),
@@ -301,17 +316,9 @@ class Trainer:
                 loss = denoising_loss(self.ddp, part, self.process, self.step)
             (loss / cfg.accum).backward()
             total += loss.detach() / cfg.accum
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        bad = (~(torch.isfinite(norm) & torch.isfinite(total))).float()
-        if cfg.grad_clip:
-            torch._foreach_mul_(grads, (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0))
-        self.opt.found_inf = bad  # the fused step is skipped on device when it is 1
-        self.opt.step()
         self.step += 1
-        # A skipped step left the weights unchanged, so the EMA update needs no guard.
-        self.ema.update(self.model, ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg,
-                                             cfg.ema_rampup))
+        bad = guarded_update(self.model, self.opt, self.ema, total, cfg.grad_clip,
+                             ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg, cfg.ema_rampup))
         return torch.where(bad > 0, torch.zeros_like(total), total), bad
 
     def _on_faults(self, n_bad: int) -> None:
