@@ -7,20 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
-import typing
-from dataclasses import fields
 from pathlib import Path
 
-from .cli_args import parse_kv, positive_int
+from .cli_args import add_config_arguments, add_sampling_arguments, config_overrides, parse_kv, positive_int
 from .errors import UserError
-
-
-def _scalar_type(tp: object) -> type:
-    """The parser of a field annotated ``int``, ``float | None`` etc."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    return tp  # type: ignore[return-value]
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -30,19 +20,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="start from a JSON config file (e.g. a run's config.json)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        tp = hints[f.name]
-        if f.name.endswith("_options"):
-            p.add_argument(flag.removesuffix("ions"), dest=f.name, action="append", metavar="KEY=VALUE",
-                           help=f"override a {f.name.split('_')[0]} option (repeatable)")
-        elif _scalar_type(tp) is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif typing.get_origin(tp) is tuple:
-            p.add_argument(flag, dest=f.name, type=float, nargs=2, default=None)
-        else:
-            p.add_argument(flag, dest=f.name, type=_scalar_type(tp), default=None, help=f"default: {f.default}")
+    add_config_arguments(p, TrainConfig)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -58,12 +36,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = preset(args.preset) if args.preset else TrainConfig()
     if args.preset and args.preset not in PRESETS:
         raise UserError(f"unknown preset '{args.preset}'")
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    for name in ("process_options", "net_options"):
-        if name in overrides:
-            overrides[name] = {**getattr(cfg, name), **parse_kv(overrides[name], "--" + name[:-4])}
-    if "adam_betas" in overrides:
-        overrides["adam_betas"] = tuple(overrides["adam_betas"])
+    overrides = config_overrides(args, TrainConfig, cfg)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     ckpt = train(cfg, resume=args.resume, quiet=args.quiet)
@@ -128,7 +101,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .nets.profile import add_info_arguments
-    from .samplers import SAMPLERS, SCHEDULES
+    from .samplers import SAMPLERS
 
     parser = argparse.ArgumentParser(prog="fastdiffusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,15 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: heun for EDM-family models, sscs for PSLD, "
                    "dsno for DSNO students (see `fastdiffusion info`)")
     p.add_argument("--nfe", type=positive_int, help="network calls per sample (default: 35 heun, 100 sscs, 1 dsno)")
-    p.add_argument("--schedule", choices=list(SCHEDULES), help="noise-level schedule (default: the sampler's)")
-    p.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9 (default 0-63)")
-    p.add_argument("--batch", type=positive_int, default=256)
     p.add_argument("--out", default="samples.png", help=".png grid, .npz array, or a folder (one PNG per seed)")
-    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. churn=10")
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    add_sampling_arguments(p, seeds="0-63", batch=256)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("info", help="versions, device, processes, samplers, networks, presets; --net profiles one",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import types
+import typing
 
 from .errors import UserError
 
@@ -31,3 +34,59 @@ def parse_kv(items: list[str] | None, flag: str) -> dict:
         except json.JSONDecodeError:
             out[key.replace("-", "_")] = value
     return out
+
+
+def _scalar_type(tp: object) -> type:
+    """The parser of a field annotated ``int``, ``float | None`` etc."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp  # type: ignore[return-value]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of the dataclass ``cls`` (defaults None = keep the config's value): ``--no-x`` for booleans,
+    two floats for pairs, repeatable ``--process-opt KEY=VALUE`` for ``*_options`` dicts."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag, tp = "--" + f.name.replace("_", "-"), hints[f.name]
+        if f.name.endswith("_options"):
+            parser.add_argument(flag.removesuffix("ions"), dest=f.name, action="append", metavar="KEY=VALUE",
+                                help=f"override a {f.name.split('_')[0]} option (repeatable)")
+        elif _scalar_type(tp) is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(tp) is tuple:
+            parser.add_argument(flag, dest=f.name, type=float, nargs=2, default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_scalar_type(tp), default=None,
+                                help=f"default: {f.default}")
+
+
+def config_overrides(args: argparse.Namespace, cls: type, base: object | None = None) -> dict:
+    """The fields the command line set, typed for ``cls``; ``*_options`` pairs are merged into ``base``'s dicts."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if f.name.endswith("_options"):
+            value = {**(getattr(base, f.name) if base is not None else {}), **parse_kv(value, "--" + f.name[:-4])}
+        elif isinstance(value, list):
+            value = tuple(value)
+        out[f.name] = value
+    return out
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, seeds: str, batch: int) -> None:
+    """Flags every sampling command shares: schedule, seeds, batch, sampler options, weights, precision, device."""
+    from .samplers import SCHEDULES
+
+    parser.add_argument("--schedule", choices=list(SCHEDULES), help="noise-level schedule (default: the sampler's)")
+    parser.add_argument("--seeds", default=seeds, help=f"e.g. 0-63 or 1,5,9 (default {seeds})")
+    parser.add_argument("--batch", type=positive_int, default=batch, help=f"seeds per sampler batch (default {batch})")
+    parser.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. churn=10")
+    parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    parser.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quiet", action="store_true")

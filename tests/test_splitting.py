@@ -23,14 +23,6 @@ EPS = PSLDMixtureEps(MIX, P)
 PSLD_NAMES = sorted(n for n, s in SAMPLERS.items() if s.family == "psld")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def prior(n: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return P.prior(*(torch.randn(n, 2, generator=gen, dtype=torch.float64) for _ in range(2)))

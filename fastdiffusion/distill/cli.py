@@ -8,10 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import typing
-from dataclasses import fields
 
-from ..cli_args import positive_int
+from ..cli_args import add_config_arguments, add_sampling_arguments, config_overrides, positive_int
 
 
 def _trajectories(args: argparse.Namespace) -> None:
@@ -42,23 +40,16 @@ def _trajectories(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from .student import DistillConfig, distill
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if getattr(args, f.name) is not None}
-    if "adam_betas" in overrides:
-        overrides["adam_betas"] = tuple(overrides["adam_betas"])
+    overrides = config_overrides(args, DistillConfig)
     path = distill(DistillConfig(**overrides), resume=args.resume, quiet=args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"student: {path}")
         print(f"sample:  fastdiffusion sample {path} --sampler dsno --nfe 1")
 
 
-def _scalar(tp: object) -> type:
-    args = typing.get_args(tp)
-    return next(a for a in args if a is not type(None)) if args and type(None) in args else tp  # type: ignore
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``distill`` with its subcommands to the top-level ``subparsers``; returns the ``distill`` parser."""
-    from ..samplers import SAMPLERS, SCHEDULES
+    from ..samplers import SAMPLERS
     from .student import DistillConfig
     from .trajectories import DTYPES, GRIDS
 
@@ -77,17 +68,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     t.add_argument("--times", type=positive_int, default=4, help="M, output times per trajectory (default 4)")
     t.add_argument("--grid", default="quadratic", choices=list(GRIDS),
                    help="output times tau_m = (m/M)^p in the sampler's normalised step time (default quadratic)")
-    t.add_argument("--schedule", choices=list(SCHEDULES), help="noise-level schedule (default: the sampler's)")
-    t.add_argument("--seeds", default="0-9999", help="e.g. 0-99999 (default 0-9999)")
     t.add_argument("--shard-size", type=positive_int, default=1000, help="seeds per shard file (default 1000)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--dtype", default="fp16", choices=list(DTYPES), help="storage type of the states (default fp16)")
-    t.add_argument("--batch", type=positive_int, default=256, help="seeds per sampler batch (default 256)")
-    t.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. order=2")
-    t.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    t.add_argument("--bf16", action="store_true", help="run the teacher under bf16 autocast")
-    t.add_argument("--device", default="auto")
-    t.add_argument("--quiet", action="store_true")
+    add_sampling_arguments(t, seeds="0-9999", batch=256)
     t.set_defaults(func=_trajectories)
 
     s = sub.add_parser("train", help="train a DSNO student on stored trajectories",
@@ -96,15 +80,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("traj_dir", help="a directory written by `distill trajectories`")
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     s.add_argument("--quiet", action="store_true")
-    hints = typing.get_type_hints(DistillConfig)
-    for f in fields(DistillConfig):
-        if f.name == "traj_dir":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        tp = hints[f.name]
-        if typing.get_origin(tp) is tuple:
-            s.add_argument(flag, dest=f.name, type=float, nargs=2, default=None)
-        else:
-            s.add_argument(flag, dest=f.name, type=_scalar(tp), default=None, help=f"default: {f.default}")
+    add_config_arguments(s, DistillConfig, skip=("traj_dir",))
     s.set_defaults(func=_train)
     return p
