@@ -28,16 +28,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from ..checkpoint import (
     META_KEY,
@@ -56,11 +53,18 @@ from ..denoiser import OneStepGenerator
 from ..errors import UserError
 from ..model import load_model, model_meta, resolve_model_file
 from ..nets import build_net, net_config
-from ..plots import plot_loss, save_samples
+from ..plots import save_samples
 from ..training import distributed
 from ..training.ema import EMA, ema_beta
 from ..training.lock import RunLock
-from ..training.loop import guarded_update, load_optimizer, optimizer_tensors, truncate_log
+from ..training.loop import (
+    StepLoop,
+    guarded_update,
+    load_optimizer,
+    optimizer_tensors,
+    run_and_close,
+    truncate_log,
+)
 from .trajectories import TrajectorySet
 
 __all__ = ["DistillConfig", "DistillTrainer", "build_student", "distill", "time_weights", "trajectory_loss"]
@@ -162,8 +166,11 @@ def _load_teacher(cfg: DistillConfig, manifest: dict, device: torch.device) -> t
     return teacher
 
 
-class DistillTrainer:
+class DistillTrainer(StepLoop):
     """One distillation run; ``run()`` trains to ``cfg.steps``."""
+
+    desc = "distill"
+    rate_key = "traj_per_s"
 
     def __init__(self, cfg: DistillConfig, resume: bool = False, quiet: bool = False) -> None:
         cfg.validate()
@@ -284,7 +291,7 @@ class DistillTrainer:
         save_samples(out, self.run_dir / "samples.png", reference=x[:, 0] if out.ndim == 2 else None)
 
     # -- the loop ------------------------------------------------------------------------------------------------
-    def train_step(self) -> Tensor:
+    def train_step(self) -> tuple[Tensor, Tensor]:
         cfg, world, rank = self.cfg, self.dist.world_size, self.dist.rank
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * min((self.step + 1) / max(cfg.lr_warmup, 1), 1.0)
@@ -299,61 +306,21 @@ class DistillTrainer:
             loss, _ = trajectory_loss(pred, x, self.weights, cfg.loss, x_t=x_t, ratios=self.model.ratios())
         loss.backward()
         self.step += 1
-        guarded_update(self.model, self.opt, self.ema, loss.detach(), cfg.grad_clip,
-                       ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg, cfg.ema_rampup))
-        return loss.detach()
+        bad = guarded_update(self.model, self.opt, self.ema, loss.detach(), cfg.grad_clip,
+                             ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg, cfg.ema_rampup))
+        return torch.where(bad > 0, torch.zeros_like(loss), loss.detach()), bad
 
-    def _log(self, row: dict) -> None:
-        with open(self.run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+    def at_checkpoint(self) -> None:
+        self.save_checkpoint()
+        if self.cfg.holdout:
+            self._log({"step": self.step, "heldout": self.evaluate(range(self.n_train, len(self.data)))})
+        self.write_grid()
 
     def run(self) -> Path:
-        cfg, main = self.cfg, self.dist.is_main
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="distill", disable=self.quiet or not main,
-                   dynamic_ncols=True)
-        loss_sum, n_sum, t0 = torch.zeros((), device=self.dist.device), 0, time.perf_counter()
-        while self.step < cfg.steps:
-            loss_sum += self.train_step()
-            n_sum += 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                if self.dist.world_size > 1:
-                    dist.all_reduce(loss_sum)
-                    loss_sum /= self.dist.world_size
-                row = {"step": self.step, "kimg": self.step * cfg.batch / 1000, "loss": loss_sum.item() / n_sum,
-                       "lr": self.opt.param_groups[0]["lr"],
-                       "traj_per_s": n_sum * cfg.batch / max(time.perf_counter() - t0, 1e-9)}
-                if main:
-                    self._log(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4g}")
-                    bar.update(n_sum)
-                loss_sum.zero_()
-                n_sum, t0 = 0, time.perf_counter()
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                if main:
-                    self.save_checkpoint()
-                    if cfg.holdout:
-                        self._log({"step": self.step, "heldout": self.evaluate(range(self.n_train, len(self.data)))})
-                    self.write_grid()
-                    plot_loss(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
-                if self.dist.world_size > 1:
-                    dist.barrier()
-                t0 = time.perf_counter()
-        bar.close()
-        return self.save_student() if main else self.run_dir / "student.safetensors"
-
-    def close(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
+        self.run_loop()
+        return self.save_student() if self.dist.is_main else self.run_dir / "student.safetensors"
 
 
 def distill(cfg: DistillConfig, resume: bool = False, quiet: bool = False) -> Path:
     """Train a DSNO student to ``cfg.steps``; returns the path of the EMA student model file."""
-    trainer = None
-    try:
-        trainer = DistillTrainer(cfg, resume=resume, quiet=quiet)
-        return trainer.run()
-    finally:
-        if trainer is not None:
-            trainer.close()
-        distributed.teardown()
-
+    return run_and_close(lambda: DistillTrainer(cfg, resume=resume, quiet=quiet))

@@ -11,6 +11,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,7 +159,89 @@ def _check_resume_config(ckpt: Path, saved: dict, cfg: TrainConfig) -> None:
                             f"use the same setting or a new --run-dir")
 
 
-class Trainer:
+class StepLoop:
+    """The step / log / checkpoint cadence shared by training and distillation.
+
+    A subclass sets ``cfg`` (steps, log_every, ckpt_every, batch), ``dist``, ``run_dir``, ``opt``, ``step``, ``quiet``
+    and ``lock``, and defines ``train_step() -> (loss, skipped)`` (device tensors: no host sync) and
+    ``at_checkpoint()`` (main rank). ``on_faults(n)`` may roll the state back after ``n`` skipped steps in a row.
+    """
+
+    desc = "train"
+    rate_key = "img_per_s"
+    fault_run = 0  # non-finite steps since the last log interval without any
+
+    def on_faults(self, n_bad: int) -> bool:
+        """Handle ``n_bad`` non-finite steps in a row; True if the state was rolled back."""
+        return False
+
+    def _log(self, row: dict) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def run_loop(self) -> None:
+        cfg, main = self.cfg, self.dist.is_main
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, disable=self.quiet or not main,
+                   dynamic_ncols=True)
+        zero = torch.zeros((), device=self.dist.device)
+        loss_sum, bad_sum = zero.clone(), zero.clone()
+        n_sum, t0 = 0, time.perf_counter()
+        while self.step < cfg.steps:
+            loss, bad = self.train_step()
+            loss_sum += loss
+            bad_sum += bad
+            n_sum += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.dist.world_size > 1:
+                    dist.all_reduce(loss_sum)
+                    loss_sum /= self.dist.world_size
+                dt = time.perf_counter() - t0
+                n_bad = int(bad_sum.item())
+                row = {"step": self.step, "kimg": self.step * cfg.batch / 1000,
+                       "loss": loss_sum.item() / max(n_sum - n_bad, 1), "lr": self.opt.param_groups[0]["lr"],
+                       self.rate_key: n_sum * cfg.batch / max(dt, 1e-9)}
+                if n_bad:
+                    row["skipped_nonfinite"] = n_bad
+                if main:
+                    self._log(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", rate=f"{row[self.rate_key]:.0f}/s")
+                    bar.update(n_sum)
+                loss_sum.zero_()
+                bad_sum.zero_()
+                n_sum, t0 = 0, time.perf_counter()
+                self.fault_run = self.fault_run + n_bad if n_bad else 0
+                if self.fault_run and self.on_faults(self.fault_run):
+                    self.fault_run = 0
+                    bar.reset(total=cfg.steps)
+                    bar.update(self.step)
+                    continue
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                if main:
+                    self.at_checkpoint()
+                    plot_loss(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
+                if self.dist.world_size > 1:
+                    dist.barrier()
+                t0 = time.perf_counter()
+        bar.close()
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def run_and_close(make: Callable[[], StepLoop]) -> Path:
+    """Build a loop, run it to the end, then release its lock and the process group whatever happens."""
+    loop = None
+    try:
+        loop = make()
+        return loop.run()
+    finally:
+        if loop is not None:
+            loop.close()
+        distributed.teardown()
+
+
+class Trainer(StepLoop):
     """Holds the state of one training run; ``run()`` trains to ``cfg.steps``."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> None:
@@ -188,7 +271,6 @@ class Trainer:
         self.step = 0
         self.lr_scale = 1.0  # lowered by each roll-back after repeated non-finite steps
         self.rollbacks = 0
-        self.fault_run = 0  # non-finite steps since the last log interval without any
         self._rng: dict[str, Tensor] | None = None
         self.lock: RunLock | None = None
         self.train_data = self.data.x.to(dev)
@@ -299,7 +381,7 @@ class Trainer:
         save_samples(out, path, reference=self.data.x[:4000] if self.data.kind == "points" else None)
 
     # -- the loop --------------------------------------------------------------------------------------------------
-    def train_step(self) -> Tensor:
+    def train_step(self) -> tuple[Tensor, Tensor]:
         cfg, world, rank = self.cfg, self.dist.world_size, self.dist.rank
         for g in self.opt.param_groups:
             g["lr"] = self.lr_scale * cfg.lr * min((self.step + 1) / max(cfg.lr_warmup, 1), 1.0)
@@ -321,9 +403,11 @@ class Trainer:
                              ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg, cfg.ema_rampup))
         return torch.where(bad > 0, torch.zeros_like(total), total), bad
 
-    def _on_faults(self, n_bad: int) -> None:
-        """Repeated non-finite steps: roll back to the newest valid checkpoint with half the learning rate, or
-        abort, as ``cfg.on_faults`` says."""
+    def on_faults(self, n_bad: int) -> bool:
+        """``cfg.fault_limit`` non-finite steps in a row: roll back to the newest valid checkpoint with half the
+        learning rate, or abort, as ``cfg.on_faults`` says."""
+        if n_bad < self.cfg.fault_limit:
+            return False
         where = f"{n_bad} non-finite steps before step {self.step}"
         if self.cfg.on_faults == "abort" or self.rollbacks >= self.cfg.max_rollbacks:
             raise UserError(f"training diverged ({where}); lower --lr or set --grad-clip, then --resume")
@@ -333,71 +417,18 @@ class Trainer:
         self.rollbacks += 1
         self.lr_scale *= 0.5
         print(f"warning: {where}; rolled back to {ckpt.name} with learning rate x{self.lr_scale:g}", file=sys.stderr)
+        return True
 
-    def _log(self, row: dict) -> None:
-        with open(self.run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+    def at_checkpoint(self) -> None:
+        self.last_ckpt = self.save_checkpoint()
+        self.write_grid(self.run_dir / "samples.png")
 
     def run(self) -> Path:
-        cfg, main = self.cfg, self.dist.is_main
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=self.quiet or not main,
-                   dynamic_ncols=True)
-        zero = torch.zeros((), device=self.dist.device)
-        loss_sum, bad_sum = zero.clone(), zero.clone()
-        n_sum, t0, last_ckpt = 0, time.perf_counter(), None
-        while self.step < cfg.steps:
-            loss, bad = self.train_step()
-            loss_sum += loss
-            bad_sum += bad
-            n_sum += 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                if self.dist.world_size > 1:
-                    dist.all_reduce(loss_sum)
-                    loss_sum /= self.dist.world_size
-                dt = time.perf_counter() - t0
-                n_bad = int(bad_sum.item())
-                row = {"step": self.step, "kimg": self.step * cfg.batch / 1000,
-                       "loss": loss_sum.item() / max(n_sum - n_bad, 1), "lr": self.opt.param_groups[0]["lr"],
-                       "img_per_s": n_sum * cfg.batch / max(dt, 1e-9)}
-                if n_bad:
-                    row["skipped_nonfinite"] = n_bad
-                if main:
-                    self._log(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.0f}")
-                    bar.update(n_sum)
-                loss_sum.zero_()
-                bad_sum.zero_()
-                n_sum, t0 = 0, time.perf_counter()
-                self.fault_run = self.fault_run + n_bad if n_bad else 0
-                if self.fault_run >= cfg.fault_limit:
-                    self._on_faults(self.fault_run)
-                    self.fault_run = 0
-                    bar.reset(total=cfg.steps)
-                    bar.update(self.step)
-                    continue
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                if main:
-                    last_ckpt = self.save_checkpoint()
-                    self.write_grid(self.run_dir / "samples.png")
-                    plot_loss(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
-                if self.dist.world_size > 1:
-                    dist.barrier()
-                t0 = time.perf_counter()
-        bar.close()
-        return last_ckpt or self.run_dir
-
-    def close(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
+        self.last_ckpt = None
+        self.run_loop()
+        return self.last_ckpt or self.run_dir
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
     """Train to ``cfg.steps``; returns the last checkpoint directory written."""
-    trainer = None
-    try:
-        trainer = Trainer(cfg, resume=resume, quiet=quiet)
-        return trainer.run()
-    finally:
-        if trainer is not None:
-            trainer.close()
-        distributed.teardown()
+    return run_and_close(lambda: Trainer(cfg, resume=resume, quiet=quiet))
