@@ -99,7 +99,8 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
         raise UserError(f"sampler '{sampler}' is a {spec.family} sampler and this is a {family} model: use one of "
                         f"{names}")
     lo, hi = sampling_range(model)
-    sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho)
+    sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho,
+                         sampler=sampler)
     bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE", disable=not progress, leave=False)
     den = CountingDenoiser(model, class_labels, bar)
     if family == "psld":  # PSLD samples z = (x, m) from its prior: x from ``noise``, m drawn by ``noise_fn``

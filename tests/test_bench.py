@@ -36,18 +36,22 @@ def test_exact_endpoint_is_converged():
 
 
 def test_target_check_and_sampler_parsing():
-    rows = [{"problem": "ring2d", "nfe": nfe, "sampler": s, "schedule": "x", "error": e}
-            for nfe in (5, 10) for s, e in (("dpmpp-2m", 1.0), ("ipndm", 0.4 if nfe == 5 else 0.6), ("heun", None))]
+    rows = [{"problem": "ring2d", "nfe": nfe, "sampler": s, "schedule": sch, "error": e}
+            for nfe in (5, 10) for s, sch, e in (("dpmpp-2m", "logsnr", 1.0), ("dpmpp-2m", "karras", 1.5),
+                                                 ("dpmpp-2m", "tuned", 0.2), ("ipndm", "x", 0.4 if nfe == 5 else 0.6),
+                                                 ("heun", "x", None))]
     out = bench.target_check(rows, [bench.PROBLEMS[0]])
     assert out["cases"]["ring2d@5"]["holds"] and not out["cases"]["ring2d@10"]["holds"]
-    assert out["cases"]["ring2d@5"]["best"] == "ipndm@x"
+    # the baseline is 2M's better of logsnr and karras; 2M on the tuned grid is reported, not a baseline or candidate
+    assert out["cases"]["ring2d@5"]["best"] == "ipndm@x" and out["cases"]["ring2d@5"]["baseline"] == 1.0
+    assert out["cases"]["ring2d@5"]["ratio_vs_tuned"] == pytest.approx(2.0)
     assert out["holds_by_dim"] == {"2": False}
     assert bench.parse_sampler("ipndm@logsnr") == ("ipndm", "logsnr")
     assert bench.parse_sampler("unipc") == ("unipc", "logsnr")
     with pytest.raises(UserError, match="unknown sampler"):
         bench.parse_sampler("nope")
     assert {"euler", "heun", "ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim",
-            "conjugate-ddim"} <= set(bench.default_samplers())
+            "conjugate-ddim", "ipndm@tuned", "lambda-ddim@tuned", "dpmpp-2m@tuned"} <= set(bench.default_samplers())
 
 
 def test_quick_run_end_to_end(tmp_path):

@@ -215,3 +215,30 @@ def test_distill_resume_reproduces_the_uninterrupted_run(teacher_dir, tmp_path):
     with pytest.raises(UserError, match="modes"):
         distill(DistillConfig(run_dir=str(tmp_path / "split"), steps=9, modes=1, **base), resume=True, quiet=True)
     assert os.path.isfile(tmp_path / "full" / "samples.png")
+
+
+def test_time_subsets_and_the_no_timeconv_ablation(teacher_dir, tmp_path):
+    from fastdiffusion.distill import DistillConfig, DistillTrainer, select_times
+
+    traj = tmp_path / "traj"
+    manifest = generate_trajectories(teacher_dir, traj, range(32), sampler="euler", nfe=16, times=M, grid="quadratic",
+                                     shard_size=32, progress=False)
+    idx, view = select_times(manifest, 2)
+    assert idx == [0, 2] and view["times"] == 2 and view["sigmas"] == [manifest["sigmas"][0], manifest["sigmas"][2]]
+    assert view["step_index"] == manifest["step_index"]  # unchanged: the stored grid is what it is
+    assert output_steps(16, 2, "quadratic") == [manifest["step_index"][i] for i in idx]  # an M = 2 grid of its own
+    with pytest.raises(UserError, match="must divide"):
+        select_times(manifest, 3)
+
+    base = dict(traj_dir=str(traj), batch=8, steps=2, lr_warmup=1, ckpt_every=2, log_every=1, device="cpu",
+                grid_images=4)
+    final_only = DistillTrainer(DistillConfig(run_dir=str(tmp_path / "a"), times=1, modes=0, **base), quiet=True)
+    try:
+        assert len(final_only.model.net.time_convs) == 0 and final_only.model.net.num_times == 1
+        z, x = final_only.rows([0, 1])
+        assert x.shape == (2, 1, 2) and torch.equal(x[:, 0], TrajectorySet(traj).rows([0, 1])[1][:, 0])
+        final_only.run()
+    finally:
+        final_only.close()
+    student = load_model(tmp_path / "a" / "student.safetensors")
+    assert sample(student, torch.randn(5, 2), sampler="dsno", nfe=1).shape == (5, 2)

@@ -13,14 +13,16 @@ Protocol (every number in the outputs comes from it):
   ends every sampler here (``fastdiffusion.samplers.multistep``), so the reference and the samplers target the same
   map from noise to data.
 * **Samplers**: each deterministic EDM-family sampler (``--samplers``, ``name`` or ``name@schedule``) with its
-  default schedule (rho = 7) and hyperparameters, in float64, at NFE in {3, 4, 5, 6, 8, 10, 15, 20, 35, 50, 100}.
-  An NFE a sampler cannot make (heun: even NFE) is recorded as n/a; every run's network calls are counted and must
-  equal its NFE.
+  default schedule (rho = 7) and hyperparameters, plus ``VARIANTS`` (other schedules, the tuned grids among them),
+  in float64, at NFE in {3, 4, 5, 6, 8, 10, 15, 20, 35, 50, 100}. An NFE a sampler cannot make (heun: even NFE) is
+  recorded as n/a; every run's network calls are counted and must equal its NFE.
 * **Metrics**: endpoint error = mean over samples of ``||x - x_exact||_2``; distribution distance = sliced
   Wasserstein-2 (``fastdiffusion.metrics.sliced``, 256 directions from a fixed seed) to ``n`` fresh data samples of a
   fixed seed; ``sw2_floor`` is the exact endpoints' SW2 to the same data (what a perfect solver gets at this n).
 * **Target** (issue 4): the best sampler's endpoint error at NFE 5 and 10 is at most half of DPM-Solver++(2M)'s
-  (the better of its runs: default logsnr and the karras variant), on every problem of each dimension.
+  (the better of its runs: default logsnr and the karras variant), on every problem of each dimension. When the
+  samplers run on the ``tuned`` schedule, DPM-Solver++(2M) on its own tuned grid is reported beside the baseline
+  (``ratio_vs_tuned``), so the gain from the grid and the gain from the solver can be told apart.
 
 **lambda-DDIM tuning** (``--tune-lambda``): four tuning mixtures generated separately from the benchmark ones
 (``random(2, 8, seed=1001/1002, component_std=0.2)``, ``random(64, 16, seed=1064/1065, spread=0.9,
@@ -28,6 +30,18 @@ component_std=0.3)``), their own noise seeds, ``n`` points each, the karras sche
 lambda minimises the geometric mean over the four mixtures of the endpoint error (so 2-D and 64-D count alike) on a
 coarse grid (-0.04 ... 0.01, step 0.004) refined around its best point (step 0.001). The winning table is written to
 ``lambda_tuning.json`` and printed as the dict that ``fastdiffusion.samplers.conjugate.LAMBDA_BY_NFE`` holds.
+
+**Schedule tuning** (``--tune-schedule``; the ``tuned`` schedule, ``fastdiffusion.samplers.tuned``): the same four
+tuning mixtures, noise seeds and ``n``, sigma in [0.002, 80]. For each sampler (default ipndm, lambda-ddim at its
+tuned lambda, dpmpp-2m) and NFE (default 3..10) the NFE levels are ``sigma_max = s_0 > ... > s_{NFE-1} =
+sigma_min``; the NFE - 2 interior ones are free, parameterised by logits z (NFE - 2 reals) as ln-sigma decrements
+``ln s_j - ln s_{j+1} = (ln sigma_max - ln sigma_min) softmax([0, z])_j``, so every candidate is a strictly
+decreasing grid with fixed ends. The objective is ln of the geometric mean over the four mixtures of the endpoint
+error. Start: the best of karras (rho 3, 5, 7, 10) and logsnr; search: up to two rounds of scipy Powell then adaptive
+Nelder-Mead (1000 evaluations each, xtol 1e-3, ftol 1e-5), stopping when a round gains < 1e-4 in the objective. The
+interior positions ``t_i = ln(s_i/sigma_min)/ln(sigma_max/sigma_min)`` (6 decimals) go to ``schedule_tuning.json``
+with every start's and the stored grid's objective, and are printed as the dict that
+``fastdiffusion.samplers.tuned.TUNED_T`` holds. The benchmark problems are never evaluated during tuning.
 """
 
 from __future__ import annotations
@@ -59,6 +73,7 @@ N_PROJECTIONS = 256
 TARGET_NFES = (5, 10)
 TARGET_RATIO = 0.5
 BASELINE = "dpmpp-2m"
+BASELINE_SCHEDULES = ("logsnr", "karras")
 
 
 @dataclass(frozen=True)
@@ -147,8 +162,9 @@ def parse_sampler(item: str) -> tuple[str, str]:
 
 
 # Schedule variants run by default besides every sampler's own schedule (the baseline on karras too, so the target is
-# checked against DPM-Solver++(2M)'s better schedule).
-VARIANTS = ("dpmpp-2m@karras", "ipndm@logsnr")
+# checked against DPM-Solver++(2M)'s better schedule; the baseline on its tuned grid too, so the tuned winners are also
+# compared with a baseline given the same advantage).
+VARIANTS = ("dpmpp-2m@karras", "ipndm@logsnr", "ipndm@tuned", "lambda-ddim@tuned", "dpmpp-2m@tuned")
 
 
 def default_samplers() -> list[str]:
@@ -165,7 +181,14 @@ def run_sampler(name: str, schedule: str, denoise: Callable[[Tensor, Tensor], Te
         steps = spec.steps(nfe)
     except UserError:
         return None
-    sigmas = make_sigmas(schedule, steps, SIGMA_MIN, SIGMA_MAX, RHO)
+    sigmas = make_sigmas(schedule, steps, SIGMA_MIN, SIGMA_MAX, RHO, sampler=name)
+    return run_on_grid(name, denoise, x_t, sigmas, nfe, **hyper)
+
+
+def run_on_grid(name: str, denoise: Callable[[Tensor, Tensor], Tensor], x_t: Tensor, sigmas: Tensor, nfe: int,
+                **hyper: object) -> Tensor:
+    """The sampler's output from ``x_t`` on the grid ``sigmas``; raises unless it made exactly ``nfe`` calls."""
+    spec = get_sampler(name)
     calls = 0
 
     def counted(x: Tensor, sigma: Tensor) -> Tensor:
@@ -262,22 +285,31 @@ def _lookup(rows: list[dict], problem: str, nfe: int) -> dict[str, float]:
 
 
 def target_check(rows: list[dict], problems: Sequence[Problem]) -> dict:
-    """Per problem and NFE in TARGET_NFES: best sampler / dpmpp-2m error; per dimension: does it hold everywhere."""
+    """Per problem and NFE in TARGET_NFES: best sampler / dpmpp-2m error; per dimension: does it hold everywhere.
+
+    The baseline is DPM-Solver++(2M) at the better of ``BASELINE_SCHEDULES``; its run on the tuned grid (if any) is
+    reported beside it (``ratio_vs_tuned``) but is neither a baseline nor a candidate.
+    """
     per_problem, per_dim = {}, {}
     for problem in problems:
         for nfe in TARGET_NFES:
             errs = _lookup(rows, problem.name, nfe)
-            base = {k: v for k, v in errs.items() if k.startswith(BASELINE + "@")}
+            base = {k: errs[k] for k in (f"{BASELINE}@{s}" for s in BASELINE_SCHEDULES) if k in errs}
             others = {k: v for k, v in errs.items() if not k.startswith(BASELINE + "@")}
             if not base or not others:
                 continue
             base_err = min(base.values())
             best = min(others, key=others.get)
             ratio = others[best] / base_err
-            per_problem[f"{problem.name}@{nfe}"] = {"best": best, "error": others[best], "baseline": base_err,
-                                                    "ratio": ratio, "holds": ratio <= TARGET_RATIO}
+            case = {"best": best, "error": others[best], "baseline": base_err, "ratio": ratio,
+                    "holds": ratio <= TARGET_RATIO}
+            tuned_base = errs.get(f"{BASELINE}@tuned")
+            if tuned_base is not None:
+                case.update(baseline_tuned=tuned_base, ratio_vs_tuned=others[best] / tuned_base)
+            per_problem[f"{problem.name}@{nfe}"] = case
             per_dim.setdefault(str(problem.dim), []).append(ratio <= TARGET_RATIO)
-    return {"rule": f"best error <= {TARGET_RATIO} x {BASELINE} at NFE {list(TARGET_NFES)}", "cases": per_problem,
+    return {"rule": f"best error <= {TARGET_RATIO} x {BASELINE} (better of {', '.join(BASELINE_SCHEDULES)}) at NFE "
+                    f"{list(TARGET_NFES)}", "cases": per_problem,
             "holds_by_dim": {d: all(v) for d, v in per_dim.items()}}
 
 
@@ -312,6 +344,121 @@ def tune_lambda(nfes: Sequence[int], n: int, rtol: float = EXACT_RTOL, coarse: S
             "lambda_by_nfe": table, "details": details}
 
 
+# -- schedule tuning -----------------------------------------------------------------------------------------------
+SCHEDULE_TUNING_SAMPLERS = ("ipndm", "lambda-ddim", "dpmpp-2m")
+SCHEDULE_TUNING_NFES = (3, 4, 5, 6, 7, 8, 9, 10)
+# Start grids: the optimiser begins from whichever of these has the lowest objective.
+TUNING_STARTS = (("karras", 3.0), ("karras", 5.0), ("karras", 7.0), ("karras", 10.0), ("logsnr", 7.0))
+# Rounds of (Powell, Nelder-Mead), each run capped at this many evaluations; a round gaining less than
+# ROUND_GAIN in ln(objective) ends the search (Nelder-Mead often stalls where Powell still moves, and vice versa).
+MAX_ROUNDS, MAXFEV, ROUND_GAIN = 2, 700, 1e-4
+# Smallest ln-sigma step, as a fraction of ln(sigma_max/sigma_min): without it dpmpp-2m's optimum at NFE 9 merges two
+# levels (a near-zero step that buys a finite-difference derivative), a degenerate grid no stored table should hold.
+MIN_STEP = 0.01
+T_DECIMALS = 6
+
+
+def grid_from_logits(z: np.ndarray) -> Tensor:
+    """``[sigma_max, ..., sigma_min, 0]`` whose ln-sigma decrements are ``L (MIN_STEP + (1 - k MIN_STEP) softmax([0,
+    z]))``, L = ln(sigma_max/sigma_min), k = NFE - 1 decrements: any real ``z`` (NFE - 2 values) gives a strictly
+    decreasing grid with fixed ends and no two levels closer than MIN_STEP L."""
+    logits = np.concatenate([[0.0], z])
+    w = np.exp(logits - logits.max())
+    frac = MIN_STEP + (1 - len(w) * MIN_STEP) * w / w.sum()
+    u = math.log(SIGMA_MAX) - math.log(SIGMA_MAX / SIGMA_MIN) * np.cumsum(frac)
+    sigmas = np.concatenate([[SIGMA_MAX], np.exp(u[:-1]), [SIGMA_MIN, 0.0]])
+    return torch.from_numpy(sigmas)
+
+
+def logits_from_grid(sigmas: Tensor) -> np.ndarray:
+    """The ``z`` of ``grid_from_logits`` for a grid (up to the softmax's shift): ``z_j = ln(w_{j+1} / w_0)`` with
+    ``w = d/L - MIN_STEP`` for the ln-sigma decrements d (a decrement below MIN_STEP L is taken at the floor)."""
+    d = -np.diff(np.log(sigmas[:-1].numpy())) / math.log(SIGMA_MAX / SIGMA_MIN)
+    w = np.maximum(d - MIN_STEP, 1e-9)
+    return np.log(w[1:]) - np.log(w[0])
+
+
+def interior_positions(sigmas: Tensor) -> tuple[float, ...]:
+    """``t_i = ln(sigma_i / sigma_min) / ln(sigma_max / sigma_min)`` of the interior levels, rounded (the stored
+    form of ``fastdiffusion.samplers.tuned``); raises if rounding merges two levels."""
+    t = tuple(round(math.log(s / SIGMA_MIN) / math.log(SIGMA_MAX / SIGMA_MIN), T_DECIMALS)
+              for s in sigmas[1:-2].tolist())
+    if any(a <= b for a, b in zip((1.0, *t), (*t, 0.0), strict=True)):
+        raise RuntimeError(f"tuned positions not strictly decreasing after rounding: {t}")
+    return t
+
+
+def grid_from_positions(t: Sequence[float]) -> Tensor:
+    """``[sigma_max, sigma_min (sigma_max/sigma_min)^{t_i}..., sigma_min, 0]``."""
+    inner = [SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** v for v in t]
+    return torch.tensor([SIGMA_MAX, *inner, SIGMA_MIN, 0.0], dtype=torch.float64)
+
+
+def _minimise(objective: Callable[[np.ndarray], float], z: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """Rounds of Powell then adaptive Nelder-Mead from ``z``; returns (best z, its objective, evaluations)."""
+    from scipy.optimize import minimize
+
+    best, evals = objective(z), 1
+    for _ in range(MAX_ROUNDS):
+        start = best
+        for method, opts in (("Powell", {"xtol": 1e-3, "ftol": 1e-5}),
+                             ("Nelder-Mead", {"xatol": 1e-3, "fatol": 1e-5, "adaptive": True})):
+            res = minimize(objective, z, method=method, options={**opts, "maxfev": MAXFEV})
+            evals += res.nfev
+            if res.fun < best:
+                z, best = res.x, float(res.fun)
+        if best > start - ROUND_GAIN:
+            break
+    return z, best, evals
+
+
+def tune_schedule(samplers: Sequence[str], nfes: Sequence[int], n: int, rtol: float = EXACT_RTOL,
+                  log: Callable[[str], None] = print) -> dict:
+    """Per sampler and NFE, the grid minimising the geometric-mean endpoint error on ``TUNING_PROBLEMS``."""
+    preps = [prepare(p, n, rtol) for p in TUNING_PROBLEMS]
+
+    def geomean(name: str, nfe: int, sigmas: Tensor) -> float:
+        errs = [endpoint_error(run_on_grid(name, p.denoise, p.x_t, sigmas, nfe), p.exact) for p in preps]
+        return math.exp(sum(math.log(e) for e in errs) / len(errs))
+
+    def log_objective(name: str, nfe: int, z: np.ndarray) -> float:
+        value = geomean(name, nfe, grid_from_logits(z))
+        return math.log(value) if math.isfinite(value) else math.inf  # a degenerate grid loses, not crashes
+
+    table: dict[str, dict[int, tuple[float, ...]]] = {}
+    details: dict[str, dict] = {}
+    for name in samplers:
+        if get_sampler(name).steps(5) != 5:
+            raise UserError(f"--tune-schedule: '{name}' does not make one network call per noise level")
+        for nfe in nfes:
+            t0 = time.perf_counter()
+            starts = {f"{s}@rho{r:g}": geomean(name, nfe, make_sigmas(s, nfe, SIGMA_MIN, SIGMA_MAX, r))
+                      for s, r in TUNING_STARTS}
+            start = min(starts, key=starts.get)
+            schedule, rho = start.split("@rho")
+            z0 = logits_from_grid(make_sigmas(schedule, nfe, SIGMA_MIN, SIGMA_MAX, float(rho)))
+            z, _, evals = _minimise(lambda z, name=name, nfe=nfe: log_objective(name, nfe, z), z0)
+            t = interior_positions(grid_from_logits(z))
+            error = geomean(name, nfe, grid_from_positions(t))
+            table.setdefault(name, {})[nfe] = t
+            details.setdefault(name, {})[str(nfe)] = {
+                "positions": list(t), "sigmas": grid_from_positions(t).tolist(), "geomean_error": error,
+                "start": start, "start_errors": starts, "evaluations": evals,
+                "seconds": round(time.perf_counter() - t0, 1)}
+            log(f"{name} NFE {nfe}: {starts[start]:.4g} ({start}) -> {error:.4g} in {evals} evaluations")
+    return {"protocol": {**protocol(n, nfes, rtol), "tuning_problems": [p.name for p in TUNING_PROBLEMS],
+                         "objective": "geometric mean over the tuning problems of the endpoint error",
+                         "parameterisation": f"ln-sigma decrements L ({MIN_STEP:g} + (1 - (NFE - 1) {MIN_STEP:g}) "
+                                             "softmax([0, z])), L = ln(sigma_max/sigma_min)",
+                         "starts": [f"{s}@rho{r:g}" for s, r in TUNING_STARTS],
+                         "optimiser": f"up to {MAX_ROUNDS} rounds of scipy Powell (xtol 1e-3, ftol 1e-5) then "
+                                      f"Nelder-Mead (adaptive, xatol 1e-3, fatol 1e-5), {MAXFEV} evaluations each; "
+                                      f"stop when a round gains < {ROUND_GAIN:g} in ln(objective)",
+                         "stored": f"interior t_i = ln(sigma_i/sigma_min)/ln(sigma_max/sigma_min), {T_DECIMALS} "
+                                   "decimals; geomean_error is that of the stored grid"},
+            "positions": table, "details": details}
+
+
 # -- outputs -------------------------------------------------------------------------------------------------------
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3g}"
@@ -339,11 +486,13 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {key} | " + " | ".join(_fmt(vals.get(k)) for k in nfes) + " |")
             lines.append("")
     target = result.get("target", {})
-    lines += ["## Target", "", target.get("rule", ""), "", "| case | best | error | dpmpp-2m | ratio | holds |",
-              "|---|---|---|---|---|---|"]
+    lines += ["## Target", "", target.get("rule", ""), "",
+              "| case | best | error | dpmpp-2m | ratio | holds | dpmpp-2m@tuned | ratio vs 2M@tuned |",
+              "|---|---|---|---|---|---|---|---|"]
     for case, c in target.get("cases", {}).items():
         lines.append(f"| {case} | {c['best']} | {c['error']:.3g} | {c['baseline']:.3g} | {c['ratio']:.2f} | "
-                     f"{'yes' if c['holds'] else 'no'} |")
+                     f"{'yes' if c['holds'] else 'no'} | {_fmt(c.get('baseline_tuned'))} | "
+                     f"{_fmt(c.get('ratio_vs_tuned'))} |")
     lines += ["", "Holds by dimension: " + ", ".join(f"{d}-D: {'yes' if v else 'no'}"
                                                       for d, v in target.get("holds_by_dim", {}).items()), ""]
     return "\n".join(lines)
@@ -410,6 +559,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "tensor ops, which extra threads slow down on a shared machine)")
     p.add_argument("--tune-lambda", action="store_true", help="tune lambda-DDIM's lambda per NFE on separate "
                    "tuning mixtures and write lambda_tuning.json")
+    p.add_argument("--tune-schedule", action="store_true", help="tune the 'tuned' schedule's noise levels per "
+                   f"sampler ({','.join(SCHEDULE_TUNING_SAMPLERS)}, or --samplers) and NFE (default "
+                   f"{','.join(map(str, SCHEDULE_TUNING_NFES))}) on separate tuning mixtures and write "
+                   "schedule_tuning.json")
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -429,6 +582,13 @@ def main(args: argparse.Namespace) -> dict:
         result["seconds"] = round(time.perf_counter() - started, 1)
         write_json(args.out / "lambda_tuning.json", result)
         print("LAMBDA_BY_NFE =", json.dumps({int(k): v for k, v in result["lambda_by_nfe"].items()}))
+        return result
+    if args.tune_schedule:
+        names = args.samplers.split(",") if args.samplers else list(SCHEDULE_TUNING_SAMPLERS)
+        result = {**provenance("cpu"), **tune_schedule(names, args.nfe or list(SCHEDULE_TUNING_NFES), n, rtol)}
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        write_json(args.out / "schedule_tuning.json", result)
+        print("TUNED_T =", repr(result["positions"]))
         return result
     samplers = args.samplers.split(",") if args.samplers else default_samplers()
     result = {**provenance("cpu"), **run_benchmark(samplers, nfes, select_problems(args.dims, quick), n, rtol)}

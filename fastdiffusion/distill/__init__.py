@@ -5,8 +5,16 @@
     fastdiffusion sample RUN --sampler dsno --nfe 1         # one network call per batch of samples
 """
 
-from .student import DistillConfig, build_student, distill, time_weights, trajectory_loss
+from .student import (
+    DistillConfig,
+    DistillTrainer,
+    build_student,
+    distill,
+    select_times,
+    time_weights,
+    trajectory_loss,
+)
 from .trajectories import TrajectorySet, generate_trajectories, output_steps, read_manifest, teacher_states
 
-__all__ = ["DistillConfig", "TrajectorySet", "build_student", "distill", "generate_trajectories", "output_steps",
-           "read_manifest", "teacher_states", "time_weights", "trajectory_loss"]
+__all__ = ["DistillConfig", "DistillTrainer", "TrajectorySet", "build_student", "distill", "generate_trajectories",
+           "output_steps", "read_manifest", "select_times", "teacher_states", "time_weights", "trajectory_loss"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,7 +68,8 @@ from ..training.loop import (
 )
 from .trajectories import TrajectorySet
 
-__all__ = ["DistillConfig", "DistillTrainer", "build_student", "distill", "time_weights", "trajectory_loss"]
+__all__ = ["DistillConfig", "DistillTrainer", "build_student", "distill", "select_times", "time_weights",
+           "trajectory_loss"]
 
 LOSSES = ("l1", "l2", "perceptual")
 
@@ -77,7 +79,8 @@ class DistillConfig:
     traj_dir: str = ""
     teacher: str | None = None  # model file / run dir; default: the path the trajectory manifest records
     run_dir: str = "runs/dsno"
-    modes: int = 2  # K, Fourier modes kept by each TimeConv (<= M // 2 + 1)
+    modes: int = 2  # K, Fourier modes kept by each TimeConv (<= M // 2 + 1); 0 = no TimeConv layers (ablation)
+    times: int = 0  # M used of the M_stored output times (every (M_stored / M)-th, m = 0 first); 0 = all
     activation: str = "none"  # TimeConv output activation: none | leaky_relu (the reference's)
     loss: str = "l1"  # l1 | l2 | perceptual
     weight_max: float = 1e4  # w_max of the time weights clamp(1 / sigma_m, 1, w_max)
@@ -107,10 +110,28 @@ class DistillConfig:
             raise UserError(f"--precision must be auto, fp32 or bf16, got '{self.precision}'")
         if not self.weight_max >= 1 or self.holdout < 0:
             raise UserError("--weight-max must be >= 1 and --holdout >= 0")
+        if self.modes < 0 or self.times < 0:
+            raise UserError("--modes and --times must be >= 0")
 
 
 # Settings a resumed run must share with the checkpoint it continues.
-RESUME_KEYS = ("modes", "activation", "loss", "weight_max", "holdout", "batch", "seed")
+RESUME_KEYS = ("modes", "times", "activation", "loss", "weight_max", "holdout", "batch", "seed")
+
+
+def select_times(manifest: dict, times: int) -> tuple[list[int], dict]:
+    """The stored output times a student of ``times`` output times uses, and the manifest seen through them.
+
+    Every (M_stored / M)-th stored time, starting at m = 0 (the final sample). The uniform and quadratic grids
+    tau_m = (m / M_stored)^p keep their form: m = j M_stored / M gives tau = (j / M)^p, so a set stored at M = 8
+    serves the M = 4, 2 and 1 ablations. ``times = 1`` keeps only the final sample."""
+    stored = manifest["times"]
+    if times == 0:
+        return list(range(stored)), manifest
+    if times > stored or stored % times:
+        raise UserError(f"--times {times} must divide the {stored} output times the trajectories store")
+    idx = list(range(0, stored, stored // times))
+    view = {**manifest, "times": times, **{k: [manifest[k][i] for i in idx] for k in ("sigmas", "cond_sigmas")}}
+    return idx, view
 
 
 def time_weights(sigmas: Tensor, weight_max: float) -> Tensor:
@@ -180,7 +201,7 @@ class DistillTrainer(StepLoop):
         if cfg.batch % self.dist.world_size:
             raise UserError(f"--batch {cfg.batch} must divide evenly over {self.dist.world_size} processes")
         self.data = TrajectorySet(cfg.traj_dir)
-        manifest = self.data.manifest
+        self.time_index, manifest = select_times(self.data.manifest, cfg.times)
         self.n_train = len(self.data) - cfg.holdout
         if self.n_train < 1:
             raise UserError(f"--holdout {cfg.holdout} leaves none of the {len(self.data)} trajectories to train on")
@@ -264,6 +285,11 @@ class DistillTrainer(StepLoop):
         atomic_write_bytes(path, blob)
         return path
 
+    def rows(self, idx: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+        """Stored noises and teacher states of trajectories ``idx``, at the student's output times."""
+        z, x = self.data.rows(idx)
+        return z, x[:, self.time_index]
+
     # -- evaluation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, rows: range) -> dict:
@@ -273,7 +299,7 @@ class DistillTrainer(StepLoop):
         dev, model = self.dist.device, self.ema.model
         sq, base, n = 0.0, 0.0, 0
         for lo in range(rows.start, rows.stop, 256):
-            z, x = self.data.rows(list(range(lo, min(lo + 256, rows.stop))))
+            z, x = self.rows(list(range(lo, min(lo + 256, rows.stop))))
             z, x = z.to(dev), x.to(dev)
             with torch.autocast(dev.type, torch.bfloat16, enabled=self.bf16):
                 pred = model(self.data.manifest["sigma_max"] * z)
@@ -285,7 +311,7 @@ class DistillTrainer(StepLoop):
 
     def write_grid(self) -> None:
         n = min(self.cfg.grid_images, len(self.data))
-        z, x = self.data.rows(list(range(len(self.data) - n, len(self.data))))
+        z, x = self.rows(list(range(len(self.data) - n, len(self.data))))
         with torch.no_grad():
             out = self.ema.model(self.data.manifest["sigma_max"] * z.to(self.dist.device))[:, 0].cpu()
         save_samples(out, self.run_dir / "samples.png", reference=x[:, 0] if out.ndim == 2 else None)
@@ -297,7 +323,7 @@ class DistillTrainer(StepLoop):
             g["lr"] = cfg.lr * min((self.step + 1) / max(cfg.lr_warmup, 1), 1.0)
         idx = torch.randint(self.n_train, (cfg.batch,), generator=self.gen)
         chunk = cfg.batch // world
-        z, x = self.data.rows(idx[rank * chunk:(rank + 1) * chunk])
+        z, x = self.rows(idx[rank * chunk:(rank + 1) * chunk])
         z, x = z.to(self.dist.device, non_blocking=True), x.to(self.dist.device, non_blocking=True)
         x_t = self.data.manifest["sigma_max"] * z
         self.opt.zero_grad(set_to_none=True)

@@ -125,8 +125,10 @@ class DSNOOperator(nn.Module):
         blocks = time_mixed_blocks(self.backbone)
         if not blocks:
             raise UserError(f"dsno: backbone arch {backbone['arch']!r} has no residual block to mix in time")
-        self.time_convs = nn.ModuleList(TimeConv(c, num_times, modes, activation) for _, c in blocks)
-        for (block, _), tc in zip(blocks, self.time_convs, strict=True):
+        # modes = 0: no temporal layers, every output time is the backbone alone (DSNO's key ablation)
+        mixed = blocks if modes else []
+        self.time_convs = nn.ModuleList(TimeConv(c, num_times, modes, activation) for _, c in mixed)
+        for (block, _), tc in zip(mixed, self.time_convs, strict=True):
             block.register_forward_hook(tc.hook)
 
     def forward(self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None = None) -> Tensor:

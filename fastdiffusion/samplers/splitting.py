@@ -369,7 +369,7 @@ def _eps_bar(p: PSLD, eps: Tensor, z: Tensor, t: Tensor, precondition: float) ->
     """ε̄ = ε − κ L_tᵀ H z."""
     if precondition == 0:
         return eps
-    return eps - precondition * apply_block(p.kernel_chol(t).transpose(-1, -2) @ p.H(), z)
+    return eps - precondition * apply_block(p.kernel_chol(t).transpose(-1, -2) @ p.H(t.device), z)
 
 
 def _body(ts: Tensor) -> list[float]:
