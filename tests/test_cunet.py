@@ -251,3 +251,5 @@ def test_profile_net_and_info(capsys) -> None:
     out = info_net(args)
     assert out["net_config"]["solver"] == "euler"
     assert "parameters" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--cuda-graphs needs a CUDA device"):
+        info_net(parser.parse_args(["--net", "cunet-tiny", "--device", "cpu", "--cuda-graphs"]))

@@ -12,7 +12,9 @@
   buffers excluded, counted in fp32 on the meta device.
 - **Latency** is the median of ``repeats`` timed inference calls (no grad, eval mode) after ``warmup`` calls. On a
   CPU a batch whose measurement is estimated (from the per-image time of the largest batch timed so far) to take
-  longer than ``max_cpu_seconds`` is skipped, and the result says so.
+  longer than ``max_cpu_seconds`` is skipped, and the result says so. ``cuda_graphs`` times the network compiled
+  with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: one launch per call, what sampling uses on GPU), which
+  matters at batch 1, where an eager call is bound by kernel launches rather than by its FLOPs.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def profile_net(
     *,
     net_options: dict[str, Any] | None = None,
     bf16: bool = False,
+    cuda_graphs: bool = False,
     warmup: int = 3,
     repeats: int = 10,
     max_cpu_seconds: float = 10.0,
@@ -138,6 +141,8 @@ def profile_net(
     inputs (see the module docstring for what each figure means). Returns a JSON-serialisable dict whose per-batch
     entries are keyed by the batch size as a string; ``skipped`` says which measurements were not made and why."""
     dev = _resolve_device(device)
+    if cuda_graphs and dev.type != "cuda":
+        raise UserError(f"--cuda-graphs needs a CUDA device, not {dev}")
     batches = sorted({int(b) for b in batches})
     if not batches or batches[0] < 1:
         raise UserError(f"batches must be positive integers, got {list(batches)}")
@@ -149,7 +154,8 @@ def profile_net(
         "torch": torch.__version__, "precision": "bf16" if bf16 else "fp32",
         "parameters": None, "flops_per_call": {}, "flops_per_image": None,
         "activation_bytes": {}, "activation_method": "cuda peak" if dev.type == "cuda" else "saved tensors (fp32)",
-        "latency_s": {}, "latency_stat": f"median of {repeats} calls after {warmup} warm-up, no grad",
+        "latency_s": {}, "latency_stat": f"median of {repeats} calls after {warmup} warm-up, no grad"
+                                         + (", CUDA graphs (torch.compile reduce-overhead)" if cuda_graphs else ""),
         "skipped": {},
     }  # fmt: skip
     for b in batches:
@@ -178,7 +184,8 @@ def profile_net(
             else:
                 result["activation_bytes"][key] = _meta_activation_bytes(cfg, b)
             net.eval()
-            seconds = _median_call_seconds(net, x, c, bf16, warmup, repeats)
+            timed = torch.compile(net, mode="reduce-overhead", dynamic=False) if cuda_graphs else net
+            seconds = _median_call_seconds(timed, x, c, bf16, max(warmup, 3) if cuda_graphs else warmup, repeats)
         except torch.cuda.OutOfMemoryError:
             result["skipped"][key] = "out of device memory"
             result["latency_s"][key] = None
@@ -213,6 +220,8 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--net-opt", dest="net_options", action="append", metavar="KEY=VALUE",
                    help="override a network option (repeatable), e.g. solver_steps=2")  # fmt: skip
     g.add_argument("--bf16", action="store_true", help="time (and on CUDA measure memory) under bf16 autocast")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="time the network with CUDA graphs (torch.compile reduce-overhead), as GPU sampling runs it")
     g.add_argument("--json", action="store_true", help="print the profile as JSON")
 
 
@@ -248,6 +257,6 @@ def info_net(args: argparse.Namespace) -> dict[str, Any]:
     if args.resolution < 1 or args.channels < 1:
         raise UserError("--resolution and --channels must be positive")
     p = profile_net(args.net, args.resolution, args.channels, args.device, args.batches, net_options=options,
-                    bf16=args.bf16)  # fmt: skip
+                    bf16=args.bf16, cuda_graphs=args.cuda_graphs)  # fmt: skip
     print(json.dumps(p, indent=2) if args.json else format_profile(p))
     return p
