@@ -121,6 +121,7 @@ def main() -> None:
     for sampler, nfe in parse_sweep(args.sweep):
         if time.time() - t0 > args.sweep_deadline_s:
             result["sweep_skipped"] = "sweep deadline reached"
+            atomic_write_json(args.out, result)
             break
         fd = fd_digits(ema_samples(trainer, args.n_eval, sampler, nfe))
         result["sweep"].append({"sampler": sampler, "nfe": nfe, "fd": fd})
