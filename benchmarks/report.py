@@ -177,7 +177,8 @@ def cunet() -> None:
           "", "## Solver ablation (cunet-small trained with RK4 × 1 step; solver swapped at sampling time)", "",
           "| solver | steps | FD heun-35 | latency b256 ms (eager) |", "|---|---|---|---|",
           *[f"| {r['solver']} | {r['steps']} | {r['fd_heun35']:.0f} | {r['latency_b256_s'] * 1e3:.1f} |"
-            for r in c["solver_ablation"]], "", "Plot: `cunet.png`.", ""]
+            for r in c["solver_ablation"]], "", *cunet_solvers(folder / "solvers", curves["ddpmpp-small"]),
+          "Plot: `cunet.png`.", ""]
     write(folder / "results.md", "\n".join(md))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for n, cv in curves.items():
@@ -190,6 +191,27 @@ def cunet() -> None:
         ax.legend()
     fig.savefig(folder / "cunet.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def cunet_solvers(folder: Path, baseline: list[dict]) -> list[str]:
+    """Markdown for ``solvers/`` (``solver_gpu.sh``): cunet-small trained with cheaper solvers, CUDA-graph latency."""
+    info = {p.stem.removeprefix("info-"): load(p) for p in sorted(folder.glob("info-*.json"))}
+    runs = {p.stem.removeprefix("cunet-"): load(p)["curve"] for p in sorted(folder.glob("cunet-*.json"))}
+    base = {round(x["kimg"]): x["fd"] for x in baseline}
+    kimgs = sorted(base)
+    rows = [f"| {n} | {i['parameters'] / 1e6:.2f}M | {i['flops_per_call']['1'] / 1e9:.2f} | "
+            f"{i['latency_s']['1'] * 1e3:.2f} | {i['latency_s']['256'] * 1e3:.2f} |" for n, i in info.items()]
+    fd_rows = ["| ddpmpp-small (study) | " + " | ".join(f"{base[k]:.0f}" for k in kimgs) + " | |"]
+    for n, cv in runs.items():
+        at = {round(x["kimg"]): x["fd"] for x in cv}
+        fd_rows.append(f"| cunet-small {n} | " + " | ".join(f"{at[k]:.0f}" for k in kimgs)
+                       + f" | {cv[-1]['kimg']:.0f}k: {cv[-1]['fd']:.0f} (best {min(x['fd'] for x in cv):.0f}) |")
+    return ["## Cheaper solvers trained as such (`solvers/`, `solver_gpu.sh`, one H200)", "",
+            "Latency per call with CUDA graphs (`fastdiffusion info --bf16 --cuda-graphs`, idle GPU, same call):", "",
+            "| network | params | GFLOP/call | b1 ms | b256 ms |", "|---|---|---|---|---|", *rows, "",
+            "FD-digits (heun 35, n = 1000) vs kimg; the two cunet runs shared one GPU for 211 s (1.1 Mimg each):", "",
+            "| run | " + " | ".join(f"{k} kimg" for k in kimgs) + " | last |", "|---|" + "---|" * (len(kimgs) + 1),
+            *fd_rows, ""]
 
 
 # -- issue 4 -------------------------------------------------------------------------------------------------------

@@ -173,15 +173,18 @@ def test_adjoint_gradients_match_backprop() -> None:
 
 
 def test_small_preset_is_a_quarter_of_ddpmpp_small() -> None:
-    cfgs = {name: net_config(name, img_resolution=32, in_channels=3) for name in ("cunet-small", "ddpmpp-small")}
+    cfgs = {name: net_config(name, img_resolution=32, in_channels=3)
+            for name in ("cunet-small", "cunet-small-euler2", "ddpmpp-small")}
     with torch.device("meta"):
         params = {name: sum(p.numel() for p in build_net(**cfg).parameters()) for name, cfg in cfgs.items()}
     flops = {name: count_flops(cfg) for name, cfg in cfgs.items()}
     assert params["cunet-small"] <= 0.25 * params["ddpmpp-small"]  # 0.22x
     assert flops["cunet-small"] <= 0.30 * flops["ddpmpp-small"]  # 0.23x
+    assert params["cunet-small-euler2"] == params["cunet-small"]  # same weights, a solver with 2 evaluations, not 4
+    assert flops["cunet-small-euler2"] <= 0.15 * flops["ddpmpp-small"]  # 0.12x
 
 
-@pytest.mark.parametrize("preset", ["cunet-small", "cunet-tiny"])
+@pytest.mark.parametrize("preset", ["cunet-small", "cunet-small-euler2", "cunet-tiny"])
 def test_config_round_trip(preset: str) -> None:
     torch.manual_seed(0)
     cfg = net_config(preset, img_resolution=16, in_channels=2, out_channels=2)

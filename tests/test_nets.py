@@ -17,6 +17,7 @@ SMALL = {
     "ddpmpp-tiny": dict(in_channels=1, img_resolution=16),
     "mlp": dict(in_channels=2, width=64, num_blocks=2),
     "cunet-small": dict(in_channels=1, img_resolution=16),
+    "cunet-small-euler2": dict(in_channels=1, img_resolution=16),
     "cunet-tiny": dict(in_channels=1, img_resolution=16),
 }
 

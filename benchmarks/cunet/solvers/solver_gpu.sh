@@ -4,7 +4,10 @@
 #     midpoint x 1 and Euler x 2, on an idle GPU.
 #  2. cunet-small trained with midpoint x 1 and with Euler x 2 (same setup as benchmarks/digits32/study_gpu.sh),
 #     side by side for TRAIN_S seconds each, FD-digits every 80 kimg.
-# Usage: OUT=results bash benchmarks/cunet/solver_gpu.sh
+# Usage: OUT=results bash benchmarks/cunet/solvers/solver_gpu.sh
+# The recorded run (commit 8a233e8, `timeout 450`) was stopped by that limit during the training (the four CUDA-graph
+# compilations took ~4 minutes) before the tar; its files were fetched from the still-warm machine by a second
+# command. Each run's JSON is rewritten after every evaluation, so nothing measured was lost.
 set -u
 OUT=${OUT:-results}
 R=runs/cunet-solvers
