@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from fastdiffusion.bench.provenance import provenance
+from fastdiffusion.bench.timing import timed_windows
 from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.data import load_dataset
 from fastdiffusion.metrics.digits_classifier import fd_digits
@@ -42,23 +42,9 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SOLVERS = (("euler", 1), ("euler", 2), ("midpoint", 1), ("rk4", 1), ("rk4", 2))
 
 
-def sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def cuda_seconds(fn, warmup: int = 2, repeats: int = 5) -> float:
-    """Median wall-clock of ``fn()`` after ``warmup`` calls, synchronised on the GPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def seconds(fn, warmup: int = 2, repeats: int = 5) -> float:
+    """Median seconds of ``fn()`` after ``warmup`` calls (device-side timing on CUDA)."""
+    return timed_windows(fn, DEVICE, warmup, 1, repeats)
 
 
 def options(cfg: dict) -> dict:
@@ -72,9 +58,9 @@ def train_s_per_kimg(model, batch: int = 256, steps: int = 20) -> float:
                       process=model.process.config()["name"], net=model.net_config["arch"],
                       net_options=options(model.net_config), batch=batch, compile=False, channels_last=False)
     trainer = Trainer(cfg, quiet=True)
-    seconds = cuda_seconds(lambda: [trainer.train_step() for _ in range(steps)], warmup=1, repeats=5)
+    window_s = seconds(lambda: [trainer.train_step() for _ in range(steps)], warmup=1, repeats=5)
     trainer.close()
-    return seconds / (steps * batch / 1000)
+    return window_s / (steps * batch / 1000)
 
 
 def set_solver(model, method: str, steps: int) -> None:
@@ -105,7 +91,7 @@ def sampling_seconds(model, batch: int) -> float:
         with torch.autocast(DEVICE.type, torch.bfloat16):
             generate(model, list(range(batch)), batch=batch, device=DEVICE, sampler="heun", nfe=35, progress=False)
 
-    return cuda_seconds(run, warmup=1, repeats=3)
+    return seconds(run, warmup=1, repeats=3)
 
 
 def solver_ablation(model, n_eval: int) -> list[dict]:
@@ -123,7 +109,7 @@ def solver_ablation(model, n_eval: int) -> list[dict]:
     for method, steps in SOLVERS:
         set_solver(model, method, steps)
         rows.append({"solver": method, "steps": steps, "trained_with": (method, steps) == trained,
-                     "fd_heun35": fd_digits(samples(model, n_eval)), "latency_b256_s": cuda_seconds(call)})
+                     "fd_heun35": fd_digits(samples(model, n_eval)), "latency_b256_s": seconds(call)})
     set_solver(model, *trained)
     return rows
 

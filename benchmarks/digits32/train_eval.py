@@ -107,7 +107,8 @@ def main() -> None:
             loss, _ = trainer.train_step()
             loss_sum += loss
             n_loss += 1
-        torch.cuda.synchronize() if trainer.dist.device.type == "cuda" else None
+        if trainer.dist.device.type == "cuda":  # the step's kernels are queued: wait before reading the clock
+            torch.cuda.synchronize()
         train_s += time.time() - t1
         fd = fd_digits(ema_samples(trainer, args.n_eval, args.eval_sampler, args.eval_nfe))
         result["curve"].append({"step": trainer.step, "kimg": trainer.step * args.batch / 1000, "fd": fd,

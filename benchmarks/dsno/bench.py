@@ -16,13 +16,12 @@ batch 1 and 256 for the student's call, the teacher at 35 NFE and the teacher's 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from fastdiffusion.bench.provenance import provenance
+from fastdiffusion.bench.timing import timed_windows
 from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.distill import generate_trajectories
 from fastdiffusion.errors import UserError
@@ -37,17 +36,9 @@ LOW_NFES = (1, 2, 4, 8)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU only to smoke-test the script
 
 
-def sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn) -> float:
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
+    """Seconds of one ``fn()`` call, no warm-up (device-side timing on CUDA)."""
+    return timed_windows(fn, DEVICE, 0, 1, 1)
 
 
 def draw(model, seeds: list[int], batch: int, **kw) -> torch.Tensor:
@@ -77,8 +68,7 @@ def cmd_traj(args: argparse.Namespace) -> None:
 
 def per_image_seconds(model, batch: int, **kw) -> float:
     seeds = list(range(batch))
-    draw(model, seeds, batch, **kw)  # warm-up
-    return statistics.median(timed(lambda: draw(model, seeds, batch, **kw)) for _ in range(3)) / batch
+    return timed_windows(lambda: draw(model, seeds, batch, **kw), DEVICE, 1, 1, 3) / batch
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..training.config import TrainConfig
 from ..training.loop import Trainer
 from .provenance import provenance
+from .timing import timed_windows
 
 # Named switch sets, measured side by side: eager fp32, eager bf16 autocast, and the optimised default path.
 MODES = {
@@ -40,28 +38,6 @@ def peak_tflops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-
-
-def timed_windows(fn: Callable[[], object], device: torch.device, warmup: int, window: int, repeats: int) -> float:
-    """Median seconds per call of ``fn`` over ``repeats`` windows of ``window`` calls, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(window):
-                fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000 / window)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(window):
-                fn()
-            times.append((time.perf_counter() - t0) / window)
-    return statistics.median(times)
 
 
 def count_flops(trainer: Trainer, batch: int, backward: bool) -> float:

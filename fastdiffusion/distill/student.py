@@ -130,7 +130,8 @@ def select_times(manifest: dict, times: int) -> tuple[list[int], dict]:
     if times > stored or stored % times:
         raise UserError(f"--times {times} must divide the {stored} output times the trajectories store")
     idx = list(range(0, stored, stored // times))
-    view = {**manifest, "times": times, **{k: [manifest[k][i] for i in idx] for k in ("sigmas", "cond_sigmas")}}
+    per_time = ("sigmas", "cond_sigmas", "step_index", "tau")
+    view = {**manifest, "times": times, **{k: [manifest[k][i] for i in idx] for k in per_time}}
     return idx, view
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,29 +96,14 @@ def _cuda_activation_bytes(net: nn.Module, x: Tensor, c: Tensor, bf16: bool) -> 
 
 
 def _median_call_seconds(net: nn.Module, x: Tensor, c: Tensor, bf16: bool, warmup: int, repeats: int) -> float:
-    dev = x.device
+    from fastdiffusion.bench.timing import timed_windows
 
     @torch.no_grad()
     def call() -> None:
-        with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
             net(x, c)
 
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        if dev.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timed_windows(call, x.device, warmup, 1, repeats)
 
 
 def profile_net(
