@@ -50,6 +50,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
+    from .cli_args import fast_path_options
+    from .fastpath import accelerate
     from .model import load_model
     from .outputs import output_kind, write_samples
     from .sampling import check_sampler_args, generate, resolve_sampler
@@ -63,7 +65,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     model = load_model(args.model, ema=not args.raw, device=d.device)
     args.sampler, args.nfe = resolve_sampler(model, args.sampler, args.nfe)
     check_sampler_args(args.sampler, args.nfe, hyper)
-    with torch.autocast(d.device.type, torch.bfloat16, enabled=args.bf16):
+    accelerate(model, d.device, **fast_path_options(args))
+    with torch.no_grad():
         x = generate(model, seeds, batch=args.batch, device=d.device, sampler=args.sampler, nfe=args.nfe,
                      schedule=args.schedule, progress=not args.quiet, **hyper)
     if d.is_main:

@@ -87,6 +87,23 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, seeds: str, batch: i
     parser.add_argument("--batch", type=positive_int, default=batch, help=f"seeds per sampler batch (default {batch})")
     parser.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. churn=10")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    parser.add_argument("--bf16", action="store_true", help="run the network under bf16 autocast")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true")
+    add_fast_path_arguments(parser)
+
+
+def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling fast-path switches (``fastpath.accelerate``); each defaults to on for CUDA, off on the CPU."""
+    from .fastpath import PRECISIONS
+
+    g = parser.add_argument_group("fast path (default: on for CUDA, off on the CPU)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto", help="network precision; the ODE state is fp32")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the network (with CUDA graphs on a GPU)")
+    g.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None)
+
+
+def fast_path_options(args: argparse.Namespace) -> dict:
+    """The ``accelerate`` keyword arguments the fast-path flags set."""
+    return {k: getattr(args, k) for k in ("precision", "channels_last", "compile", "cudnn_benchmark")}

@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastdiffusion.errors import UserError
 from fastdiffusion.nets import ARCHS, MLP, PRESETS, SongUNet, build_net, net_config
+from fastdiffusion.nets.unet import Resample
 
 # Small builds of every preset: the CIFAR-10 presets keep their structure (embedding, encoder, filter, 3 levels)
 # at width 16 and one block per level.
@@ -215,3 +217,18 @@ def test_group_norm_nhwc_form_matches_native() -> None:
     y_cl = norm._forward_nhwc(x.to(memory_format=torch.channels_last))  # the torch.compile path
     assert y_cl.is_contiguous(memory_format=torch.channels_last)  # the layout survives the norm
     torch.testing.assert_close(y_cl, norm(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["down", "up"])
+def test_box_resample_equals_the_fir_convolution(mode: str) -> None:
+    """The (1, 1) filter runs as pooling / nearest upsampling; it must equal the depthwise FIR form it replaces."""
+    x = torch.randn(2, 5, 8, 8, dtype=torch.float64)
+    box = Resample(5, mode, (1, 1)).double()
+    assert box.box
+    k = box.kernel.double()
+    ref = (F.conv2d(x, k, stride=2, groups=5) if mode == "down"
+           else F.conv_transpose2d(x, 4 * k, stride=2, groups=5))
+    torch.testing.assert_close(box(x), ref, rtol=0, atol=1e-12)
+    y = box(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
+    assert not Resample(5, mode, (1, 3, 3, 1)).box  # other filters keep the convolution

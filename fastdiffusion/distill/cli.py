@@ -9,7 +9,13 @@ import argparse
 import json
 import os
 
-from ..cli_args import add_config_arguments, add_sampling_arguments, config_overrides, positive_int
+from ..cli_args import (
+    add_config_arguments,
+    add_sampling_arguments,
+    config_overrides,
+    fast_path_options,
+    positive_int,
+)
 
 
 def _trajectories(args: argparse.Namespace) -> None:
@@ -31,8 +37,8 @@ def _trajectories(args: argparse.Namespace) -> None:
     try:
         generate_trajectories(args.model, args.out, parse_seeds(args.seeds), sampler=args.sampler, nfe=args.nfe,
                               times=args.times, grid=args.grid, schedule=args.schedule, shard_size=args.shard_size,
-                              dtype=args.dtype, batch=args.batch, device=d.device, ema=not args.raw, bf16=args.bf16,
-                              progress=not args.quiet, **hyper)
+                              dtype=args.dtype, batch=args.batch, device=d.device, ema=not args.raw,
+                              fast=fast_path_options(args), progress=not args.quiet, **hyper)
     finally:
         distributed.teardown()
 

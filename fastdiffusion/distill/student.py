@@ -52,6 +52,7 @@ from ..checkpoint import (
 )
 from ..denoiser import OneStepGenerator
 from ..errors import UserError
+from ..fastpath import FastPath
 from ..model import load_model, model_meta, resolve_model_file
 from ..nets import build_net, net_config
 from ..plots import save_samples
@@ -210,7 +211,7 @@ class DistillTrainer(StepLoop):
         self.model = build_student(_load_teacher(cfg, manifest, dev), manifest, cfg.modes, cfg.activation).to(dev)
         self.ema = EMA(self.model)
         self.weights = time_weights(torch.tensor(manifest["sigmas"], dtype=torch.float64), cfg.weight_max).to(dev)
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
+        self.bf16 = FastPath.resolve(dev, precision=cfg.precision).bf16
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=True)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # CPU: it indexes the memory-mapped rows
         self.step = 0

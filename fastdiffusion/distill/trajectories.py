@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_bytes, atomic_write_json, sha256
 from ..errors import UserError
+from ..fastpath import accelerate
 from ..model import load_model, model_meta, resolve_model_file
 from ..samplers import make_sigmas
 from ..sampling import check_sampler_args, model_family, sample, sampling_range
@@ -220,7 +221,7 @@ def _barrier() -> None:
 def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds: Sequence[int], *,
                           sampler: str = "heun", nfe: int = 35, times: int = 4, grid: str = "quadratic",
                           schedule: str | None = None, shard_size: int = 1000, dtype: str = "fp16", batch: int = 256,
-                          device: str | torch.device = "cpu", ema: bool = True, bf16: bool = False,
+                          device: str | torch.device = "cpu", ema: bool = True, fast: dict | None = None,
                           progress: bool = True, rank: int | None = None, world: int | None = None,
                           **hyper: Any) -> dict:
     """Write the trajectories of ``seeds`` to ``out`` (see the module docstring); returns the manifest.
@@ -232,7 +233,7 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
     if isinstance(model, (str, Path)):
         file = resolve_model_file(model, ema)
         teacher = {"path": str(file), "sha256": sha256(file)}
-        model = load_model(file, ema=ema, device=device)
+        model = accelerate(load_model(file, ema=ema, device=device), device, **(fast or {}))
     else:
         teacher = {"path": None, "sha256": None}
     teacher["meta"] = model_meta(model)
@@ -277,9 +278,8 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
         for lo in range(0, len(shard_seeds), batch):
             noise_fn = SeededNoise(shard_seeds[lo:lo + batch])
             z = noise_fn.randn(shape, device)
-            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
-                x = teacher_states(model, z, sampler=sampler, nfe=nfe, steps=manifest["step_index"],
-                                   noise_fn=noise_fn, schedule=manifest["schedule"], **hyper)
+            x = teacher_states(model, z, sampler=sampler, nfe=nfe, steps=manifest["step_index"],
+                               noise_fn=noise_fn, schedule=manifest["schedule"], **hyper)
             noises.append(z.cpu())
             states.append(x.to(DTYPES[dtype]).cpu())
             bar.update(len(noise_fn.seeds))

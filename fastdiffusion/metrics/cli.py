@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_args import parse_kv, positive_int
+from ..cli_args import add_fast_path_arguments, fast_path_options, parse_kv, positive_int
 
 __all__ = ["add_parser", "cmd_eval", "main"]
 
@@ -52,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", type=Path, help="write the full report (JSON) here")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_fast_path_arguments(p)
     p.set_defaults(func=cmd_eval)
     return p
 
@@ -90,7 +91,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         report = evaluate(args.model_or_samples, metrics=args.metrics, n=args.n, reference=args.reference,
                           sampler=args.sampler, nfe=args.nfe, seeds=args.seeds, ema=not args.raw, batch=args.batch,
                           device=str(d.device), inception=args.inception, sampler_options=parse_kv(args.opt, "--opt"),
-                          save_reference_stats=args.save_ref_stats, progress=not args.quiet)
+                          save_reference_stats=args.save_ref_stats, progress=not args.quiet,
+                          fast=fast_path_options(args))
         argv = getattr(args, "argv", None)
         report["command"] = " ".join(["fastdiffusion", *(argv if argv is not None else sys.argv[1:])])
         if d.is_main:

@@ -212,7 +212,7 @@ def _resolve_seeds(seeds: str | Sequence[int] | None, n: int | None) -> list[int
 
 
 def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sampler: str, nfe: int, ema: bool,
-                 batch: int, device: torch.device, gen_options: dict, progress: bool) -> _Samples:
+                 batch: int, device: torch.device, gen_options: dict, progress: bool, fast: dict) -> _Samples:
     from ..checkpoint import sha256
 
     if isinstance(obj, Tensor):
@@ -232,18 +232,21 @@ def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sam
                         "nfe": None, "weights": None,
                         "seeds": compact_seeds(file_seeds[: len(x)]) if file_seeds else None}
             return _Samples(x, kind, protocol)
+        from ..fastpath import accelerate
         from ..model import load_model, resolve_model_file
 
         file = resolve_model_file(p, ema)
-        model = load_model(p, ema=ema, device=device)
+        model = accelerate(load_model(p, ema=ema, device=device), device, **fast)
         source = {"source": str(p), "model_file": str(file), "model_sha256": sha256(file),
                   "weights": "ema" if ema else "raw"}
         data = _run_data(p)
     else:
         model, data = obj, None
         source = {"source": f"in-memory {type(obj).__name__}", "weights": "ema" if ema else "raw"}
+    from ..fastpath import fast_path_of
     from ..sampling import generate
 
+    source["fast_path"] = fast_path_of(model)
     seed_list = _resolve_seeds(seeds, n)
     with torch.no_grad():
         x = generate(model, seed_list, batch=batch, device=device, sampler=sampler, nfe=nfe, progress=progress,
@@ -456,6 +459,7 @@ def evaluate(
     sampler_options: dict | None = None,
     save_reference_stats: str | Path | None = None,
     progress: bool = False,
+    fast: dict | None = None,
 ) -> dict:
     """Compute `metrics` for `model_or_samples` (see the module docstring) and return a JSON-ready dict:
 
@@ -464,7 +468,8 @@ def evaluate(
     Each metric's protocol is complete on its own: metric, feature network and its sha256, number of generated and
     reference samples, reference set, sampler, NFE, EMA or raw, seeds, source. When generating, `n` samples (default
     1000) are made for seeds 0..n−1 unless `seeds` says otherwise; for sample files `n` takes the first n.
-    Under torchrun every rank returns the same dict (generation and Inception features are sharded).
+    Under torchrun every rank returns the same dict (generation and Inception features are sharded). A model loaded
+    from a path samples on the fast path (``fastpath.accelerate``; ``fast`` holds its switches, default automatic).
     """
     import fastdiffusion
 
@@ -477,7 +482,7 @@ def evaluate(
     chosen = _parse_metrics(metrics)
     d = distributed.setup(str(device))
     s = _load_source(model_or_samples, n, seeds, sampler, nfe, ema, batch, d.device, dict(sampler_options or {}),
-                     progress and d.is_main)
+                     progress and d.is_main, dict(fast or {}))
     if len(s.x) < 4:
         raise UserError(f"evaluation needs at least 4 samples, got {len(s.x)}")
     if not torch.isfinite(s.x).all():

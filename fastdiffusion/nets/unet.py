@@ -96,6 +96,10 @@ class Resample(nn.Module):
     down: ``y = (x * K)[::2, ::2]``; up: transposed convolution with ``4 K`` (zero insertion then filtering; the 4
     restores the mean lost to the inserted zeros). The filter is fixed, so it is a non-persistent buffer: it is
     rebuilt from the config rather than stored in checkpoints.
+
+    The box filter ``f = (1, 1)`` (DDPM++) makes these exactly 2x2 average pooling and nearest-neighbour upsampling,
+    which run as such: a depthwise convolution is a slow cuDNN kernel that torch.compile cannot fuse, the pooling forms
+    are plain memory ops it fuses into the neighbouring norm and activation.
     """
 
     def __init__(self, channels: int, mode: str, resample_filter: Sequence[float] = (1, 1)) -> None:
@@ -105,10 +109,13 @@ class Resample(nn.Module):
         f = torch.as_tensor(resample_filter, dtype=torch.float32)
         kernel = torch.outer(f, f) / f.sum().square()
         self.mode = mode
+        self.box = len(resample_filter) == 2 and resample_filter[0] == resample_filter[1]
         self.padding = (len(f) - 1) // 2
         self.register_buffer("kernel", kernel.expand(channels, 1, *kernel.shape).contiguous(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.box:
+            return F.avg_pool2d(x, 2) if self.mode == "down" else F.interpolate(x, scale_factor=2.0, mode="nearest")
         k = self.kernel.to(x.dtype)
         if self.mode == "down":
             return F.conv2d(x, k, stride=2, padding=self.padding, groups=x.shape[1])

@@ -58,6 +58,9 @@ class TrainConfig:
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
     channels_last: bool | None = None  # None = on for image networks on CUDA
     compile: bool | None = None  # torch.compile the training step's model; None = on for CUDA
+    compile_options: dict[str, Any] = field(default_factory=dict)  # Inductor options, e.g. {"max_autotune": true}
+    cudnn_benchmark: bool | None = None  # cuDNN autotuning of convolution algorithms; None = on for CUDA
+    ddp_bucket_mb: float | None = None  # DDP gradient bucket size (None = torch's 25 MB)
     seed: int = 0
     ckpt_every: int = 500
     keep_ckpts: int = 3
@@ -95,6 +98,8 @@ class TrainConfig:
             raise UserError("--fault-limit must be >= 1 and --max-rollbacks >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"--precision must be auto, fp32 or bf16, got '{self.precision}'")
+        if self.ddp_bucket_mb is not None and not self.ddp_bucket_mb > 0:
+            raise UserError(f"--ddp-bucket-mb must be > 0, got {self.ddp_bucket_mb}")
 
 
 # Settings the resumed run must share with the checkpoint it continues; the rest (steps, logging) may change.

@@ -35,6 +35,7 @@ from ..checkpoint import (
 from ..data import Dataset, load_dataset, random_hflip
 from ..denoiser import wrap_net
 from ..errors import UserError
+from ..fastpath import FastPath
 from ..model import model_meta
 from ..nets import build_net, net_config
 from ..plots import plot_loss, save_samples
@@ -258,10 +259,11 @@ class Trainer(StepLoop):
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         ncfg = _net_config_for(cfg, self.data)
         self.model = wrap_net(build_net(**ncfg), self.process, ncfg, self.data.shape).to(dev)
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
-        auto = dev.type == "cuda"
-        self.channels_last = self.data.kind == "image" and (auto if cfg.channels_last is None else cfg.channels_last)
-        self.compiled = auto if cfg.compile is None else cfg.compile
+        self.fast = FastPath.resolve(dev, precision=cfg.precision, channels_last=cfg.channels_last,
+                                     compile=cfg.compile, cudnn_benchmark=cfg.cudnn_benchmark,
+                                     image=self.data.kind == "image")
+        self.fast.apply_backend()
+        self.bf16, self.channels_last, self.compiled = self.fast.bf16, self.fast.channels_last, self.fast.compile
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model)
@@ -295,10 +297,14 @@ class Trainer(StepLoop):
         torch.manual_seed(cfg.seed + 1000 * self.dist.rank + self.step)  # dropout stream, per rank
         if self._rng is not None:
             torch.set_rng_state(self._rng["rng.torch"])
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[dev] if dev.type == "cuda" else None)
-                    if self.dist.world_size > 1 else self.model)
+        self.ddp = self.model
+        if self.dist.world_size > 1:
+            bucket = {} if cfg.ddp_bucket_mb is None else {"bucket_cap_mb": cfg.ddp_bucket_mb}
+            # Gradients as views into the buckets: no copy of every gradient into its bucket before the all-reduce.
+            self.ddp = DistributedDataParallel(self.model, device_ids=[dev] if dev.type == "cuda" else None,
+                                               gradient_as_bucket_view=True, **bucket)
         if self.compiled:
-            self.ddp = torch.compile(self.ddp)
+            self.ddp = torch.compile(self.ddp, options=cfg.compile_options or None)
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "config.json", cfg.to_json())
 
