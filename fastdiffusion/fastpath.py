@@ -61,14 +61,17 @@ class SamplingNet(nn.Module):
     conditioning is its M output times).
     """
 
-    def __init__(self, net: nn.Module, fast: FastPath, device: torch.device, row_cond: bool = True) -> None:
+    def __init__(self, net: nn.Module, fast: FastPath, device: torch.device, row_cond: bool = True,
+                 compile_options: dict | None = None) -> None:
         super().__init__()
         self.net, self.fast, self.row_cond = net, fast, row_cond
         self.graphs = fast.compile and device.type == "cuda"
         self.batch: int | None = None
         self.run = net
         if fast.compile:
-            self.run = torch.compile(net, mode="reduce-overhead" if self.graphs else None, dynamic=False)
+            # triton.cudagraphs is what mode="reduce-overhead" sets; options and mode cannot be combined.
+            options = {"triton.cudagraphs": self.graphs, **(compile_options or {})}
+            self.run = torch.compile(net, options=options, dynamic=False)
 
     def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
         n = x.shape[0]
@@ -94,9 +97,10 @@ def _pad(t: Tensor | None, n: int) -> Tensor | None:
 
 def accelerate(model: nn.Module, device: str | torch.device | None = None, *, precision: str = "auto",
                channels_last: bool | None = None, compile: bool | None = None,
-               cudnn_benchmark: bool | None = None) -> nn.Module:
+               cudnn_benchmark: bool | None = None, compile_options: dict | None = None) -> nn.Module:
     """Put a loaded model (``load_model``: a denoiser, PSLD model or DSNO generator) on the sampling fast path, in
-    place, and return it. The switches default to on for CUDA and off on the CPU (see ``FastPath``)."""
+    place, and return it. The switches default to on for CUDA and off on the CPU (see ``FastPath``);
+    ``compile_options`` are Inductor options for the compiled network."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     image = len(getattr(model, "data_shape", ())) == 3
     fast = FastPath.resolve(device, precision=precision, channels_last=channels_last, compile=compile,
@@ -106,7 +110,8 @@ def accelerate(model: nn.Module, device: str | torch.device | None = None, *, pr
         raise UserError("this model is already on the fast path (accelerate() was called twice)")
     if fast.channels_last:
         model.net.to(memory_format=torch.channels_last)
-    model.net = SamplingNet(model.net, fast, device, row_cond=getattr(model, "family", None) != "dsno")
+    model.net = SamplingNet(model.net, fast, device, row_cond=getattr(model, "family", None) != "dsno",
+                            compile_options=compile_options)
     return model
 
 

@@ -88,7 +88,8 @@ def bench_mode(cfg: TrainConfig, *, warmup: int, window: int, repeats: int, samp
     train_flops = count_flops(trainer, min(cfg.batch, 64), backward=True)
     fast = trainer.fast  # sampling runs the EMA model exactly as `fastdiffusion sample` does: fp32 in and out
     model = accelerate(trainer.ema.model, dev, precision="bf16" if fast.bf16 else "fp32",
-                       channels_last=fast.channels_last, compile=fast.compile, cudnn_benchmark=fast.cudnn_benchmark)
+                       channels_last=fast.channels_last, compile=fast.compile, cudnn_benchmark=fast.cudnn_benchmark,
+                       compile_options=cfg.compile_options)
     x = torch.randn(max(sample_batch, 1), *trainer.data.shape, device=dev)
     sigma = torch.full((max(sample_batch, 1),), 1.0, device=dev)
 
