@@ -67,11 +67,10 @@ class SamplingNet(nn.Module):
         self.net, self.fast, self.row_cond = net, fast, row_cond
         self.graphs = fast.compile and device.type == "cuda"
         self.batch: int | None = None
-        self.run = net
         if fast.compile:
-            # triton.cudagraphs is what mode="reduce-overhead" sets; options and mode cannot be combined.
-            options = {"triton.cudagraphs": self.graphs, **(compile_options or {})}
-            self.run = torch.compile(net, options=options, dynamic=False)
+            # In place, so the weights keep their names (no second registered copy of ``net``); triton.cudagraphs is
+            # what mode="reduce-overhead" sets, and options and mode cannot be combined.
+            net.compile(options={"triton.cudagraphs": self.graphs, **(compile_options or {})}, dynamic=False)
 
     def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
         n = x.shape[0]
@@ -84,7 +83,7 @@ class SamplingNet(nn.Module):
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()  # each call is a new step: earlier outputs were copied out
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.fast.bf16):
-            out = self.run(x, c_noise, class_labels)
+            out = self.net(x, c_noise, class_labels)
         return out[:n].to(torch.float32, copy=self.graphs)
 
 
@@ -105,9 +104,9 @@ def accelerate(model: nn.Module, device: str | torch.device | None = None, *, pr
     image = len(getattr(model, "data_shape", ())) == 3
     fast = FastPath.resolve(device, precision=precision, channels_last=channels_last, compile=compile,
                             cudnn_benchmark=cudnn_benchmark, image=image)
-    fast.apply_backend()
     if isinstance(model.net, SamplingNet):
         raise UserError("this model is already on the fast path (accelerate() was called twice)")
+    fast.apply_backend()
     if fast.channels_last:
         model.net.to(memory_format=torch.channels_last)
     model.net = SamplingNet(model.net, fast, device, row_cond=getattr(model, "family", None) != "dsno",

@@ -40,7 +40,7 @@ MODES = {
 
 def mode_switches(mode: str) -> dict:
     """The config fields of ``name[+field=value...]``."""
-    name, *overrides = mode.split("+")
+    name, *overrides = re.split(r"\+(?=[A-Za-z_]\w*=)", mode)  # a "+" inside a value (1e+3) does not split
     if name not in MODES:
         raise UserError(f"unknown mode {name!r}: choose from {', '.join(MODES)} (optionally +field=value)")
     out = {**MODES[name], **parse_kv(overrides, f"mode {mode}")}
