@@ -2,7 +2,7 @@
 
     python benchmarks/report.py          # rewrites benchmarks/*/results.md, *.png and summary.json files
 
-Inputs (each records its own command, device, versions and commit): ``fdm_training/*.json``, ``cunet/*.json``,
+Inputs (each records its own command, device, versions and commit): ``fdm_training/*.json``, ``fdm_training/seeds/*.json``, ``cunet/*.json``,
 ``psld_digits/psld.json``, ``dsno/{eval,traj_speed}.json``, ``perf/log-*.jsonl`` (+ ``cunet/info-*.json`` for the
 device and commit of that call).
 """
@@ -119,6 +119,85 @@ def fdm() -> None:
     axes[0].set_ylabel("FD-digits (n=1000)")
     axes[1].legend(fontsize=8)
     fig.savefig(folder / "fd_vs_nfe.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def fdm_seeds() -> None:
+    """``fdm_training/seeds/`` (``seeds_gpu.sh``): the EDM pair over three seeds, with the seed-to-seed spread."""
+    folder = HERE / "fdm_training" / "seeds"
+    runs = {p.stem: load(p) for p in sorted(folder.glob("*-s[0-9].json"))}
+    seeds = sorted({n.rsplit("-s", 1)[1] for n in runs})
+    kimgs = [round(c["kimg"]) for c in runs[f"edm-s{seeds[0]}"]["curve"]]
+
+    def fd_at(name: str) -> list[float]:
+        return [c["fd"] for c in runs[name]["curve"]]
+
+    pairs = []
+    for seed in seeds:
+        base, var = fd_at(f"edm-s{seed}"), runs[f"fdm-edm-s{seed}"]["curve"]
+        need = kimg_to_reach(var, base[-1])
+        pairs.append({"seed": int(seed), "baseline_final_kimg": kimgs[-1], "baseline_final_fd": base[-1],
+                      "variant_final_fd": var[-1]["fd"], "variant_kimg_to_reach_baseline_final": need,
+                      "ratio": None if need is None else need / kimgs[-1]})
+    stats = {p: [(statistics.mean(v), statistics.stdev(v)) for v in zip(*(fd_at(f"{p}-s{s}") for s in seeds),
+                                                                           strict=True)]
+             for p in ("edm", "fdm-edm")}
+    diffs = [[a - b for a, b in zip(fd_at(f"fdm-edm-s{s}"), fd_at(f"edm-s{s}"), strict=True)] for s in seeds]
+    sweep_cols = [(s["sampler"], s["nfe"]) for s in runs[f"edm-s{seeds[0]}"]["sweep"]]
+    sweep = {p: [[next(x["fd"] for x in runs[f"{p}-s{s}"]["sweep"] if (x["sampler"], x["nfe"]) == c) for s in seeds]
+                 for c in sweep_cols] for p in ("edm", "fdm-edm")}
+    (folder / "summary.json").write_text(json.dumps(
+        {"source": "benchmarks/report.py", "kimg": kimgs, "pairs": pairs,
+         "mean_sd_fd": {p: [list(x) for x in v] for p, v in stats.items()},
+         "fdm_minus_edm_same_seed": diffs}, indent=1))
+
+    def ms(v: tuple[float, float]) -> str:
+        return f"{v[0]:.0f} ± {v[1]:.0f}"
+
+    md = ["# FDM-EDM vs EDM over three seeds (issue 3)", "",
+          "Driver: `benchmarks/fdm_training/seeds_gpu.sh` (`OUT=... GPU=0 TRAIN_S=360 SWEEP_S=450 EVAL_KIMG=50`), one "
+          "device call on one H200: the six runs (edm, fdm-edm × seeds 0, 1, 2) trained side by side on the one GPU, "
+          "each stopped 360 s after its start (compile included): `ddpmpp-small` (7.0M), digits32 train split "
+          "(1,437), batch 256, Adam lr 1e-3, 200-step warm-up, EMA half-life 50 kimg, bf16 + channels_last + "
+          "torch.compile. FD-digits of 1,000 EMA samples (heun 35, seeds 0–999) vs the 360-image test split every "
+          "50 kimg; then FD vs NFE of the final (300-kimg) models. The seed sets weights, data order and noise.", "",
+          "## Training images to reach the baseline's final FD", "",
+          "| seed | EDM FD at 300 kimg | FDM-EDM FD at 300 kimg | FDM-EDM kimg to reach EDM's final FD | ratio |",
+          "|---|---|---|---|---|",
+          *[f"| {r['seed']} | {r['baseline_final_fd']:.0f} | {r['variant_final_fd']:.0f} | "
+            f"{fmt(r['variant_kimg_to_reach_baseline_final'], 3)} | {fmt(r['ratio'], 2)} |" for r in pairs], "",
+          "The claim is a ratio ≤ 0.5; – means never within the 300 kimg.", "",
+          "## FD vs kimg, mean ± standard deviation over the seeds", "",
+          "| run | " + " | ".join(str(k) for k in kimgs) + " |", "|---|" + "---|" * len(kimgs),
+          *[f"| {p} | " + " | ".join(ms(v) for v in stats[p]) + " |" for p in stats],
+          "| FDM − EDM, same seed (per seed) | " + " | ".join(
+              " / ".join(f"{d[i]:+.0f}" for d in diffs) for i in range(len(kimgs))) + " |", "",
+          "## FD vs NFE of the final models, mean ± sd (per seed)", "",
+          "| sampler NFE | EDM | FDM-EDM |", "|---|---|---|",
+          *[f"| {c[0]} {c[1]} | {ms((statistics.mean(e), statistics.stdev(e)))} ({' / '.join(f'{x:.0f}' for x in e)})"
+            f" | {ms((statistics.mean(f), statistics.stdev(f)))} ({' / '.join(f'{x:.0f}' for x in f)}) |"
+            for c, e, f in zip(sweep_cols, sweep["edm"], sweep["fdm-edm"], strict=True)], "",
+          "Plot: `seeds.png` (band: min–max over the seeds).", ""]
+    write(folder / "results.md", "\n".join(md))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for p, style in (("edm", "-"), ("fdm-edm", "--")):
+        each = [fd_at(f"{p}-s{s}") for s in seeds]
+        axes[0].plot(kimgs, [m for m, _ in stats[p]], style, marker="o", ms=3, label=f"{p} (mean of {len(seeds)})")
+        axes[0].fill_between(kimgs, [min(v) for v in zip(*each, strict=True)],
+                             [max(v) for v in zip(*each, strict=True)], alpha=0.2)
+        for sampler, ax_style in (("heun", "o"), ("dpmpp-2m", "s")):
+            idx = [i for i, c in enumerate(sweep_cols) if c[0] == sampler]
+            nfe = [sweep_cols[i][1] for i in idx]
+            axes[1].errorbar(nfe, [statistics.mean(sweep[p][i]) for i in idx],
+                             yerr=[statistics.stdev(sweep[p][i]) for i in idx], fmt=style + ax_style, ms=3,
+                             capsize=2, label=f"{p}, {sampler}")
+    axes[0].set(yscale="log", xlabel="training images (k)", ylabel="FD-digits (heun 35, EMA, n=1000)",
+                title="FD vs training, 3 seeds")
+    axes[1].set(xscale="log", yscale="log", xlabel="NFE", title="final models (300 kimg): FD vs NFE, mean ± sd")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(folder / "seeds.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -327,6 +406,7 @@ def loss_curves() -> None:
 
 if __name__ == "__main__":
     fdm()
+    fdm_seeds()
     cunet()
     psld()
     dsno()

@@ -3,10 +3,12 @@
     import fastdiffusion as fd
     model = fd.load_model("runs/demo")                       # a run dir, checkpoint dir or .safetensors file
     x = fd.sample(model, torch.randn(16, *model.data_shape), sampler="heun", nfe=35)
+    fd.accelerate(model.cuda())                              # GPU fast path: bf16, channels_last, CUDA graphs
 """
 
 from .denoiser import Denoiser
 from .errors import UserError
+from .fastpath import accelerate
 from .model import load_model, save_model
 from .processes import make_process
 from .sampling import generate, sample
@@ -14,4 +16,5 @@ from .seeds import SeededNoise
 
 __version__ = "0.1.0"
 
-__all__ = ["Denoiser", "SeededNoise", "UserError", "generate", "load_model", "make_process", "sample", "save_model"]
+__all__ = ["Denoiser", "SeededNoise", "UserError", "accelerate", "generate", "load_model", "make_process", "sample",
+           "save_model"]
