@@ -2,9 +2,9 @@
 
     python benchmarks/report.py          # rewrites benchmarks/*/results.md, *.png and summary.json files
 
-Inputs (each records its own command, device, versions and commit): ``fdm_training/*.json``, ``fdm_training/seeds/*.json``, ``cunet/*.json``,
-``psld_digits/psld.json``, ``dsno/{eval,traj_speed}.json``, ``perf/log-*.jsonl`` (+ ``cunet/info-*.json`` for the
-device and commit of that call).
+Inputs (each records its own command, device, versions and commit): ``fdm_training/*.json``,
+``fdm_training/seeds/*.json``, ``cunet/*.json``, ``psld_digits/psld.json``, ``dsno/{eval,traj_speed}.json``,
+``perf/log-*.jsonl`` (+ ``cunet/info-*.json`` for the device and commit of that call).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import torch
 from .checkpoint import list_checkpoints, read_weights, save_weights, state_dict_cpu, verify_checkpoint
 from .denoiser import Denoiser, OneStepGenerator, wrap_net
 from .errors import UserError
+from .fastpath import SamplingNet
 from .nets import build_net
 from .processes import process_from_config
 
@@ -34,8 +35,10 @@ def build_model(meta: dict) -> Denoiser:
 
 
 def save_model(model: Denoiser, path: str | Path) -> None:
-    """Weights of ``model.net`` in safetensors with the JSON description as metadata: one self-contained file."""
-    save_weights(Path(path), state_dict_cpu(model.net), model_meta(model))
+    """Weights of ``model.net`` in safetensors with the JSON description as metadata: one self-contained file. A model
+    on the sampling fast path (``accelerate``) saves its plain network, so the file loads like any other."""
+    net = model.net.net if isinstance(model.net, SamplingNet) else model.net
+    save_weights(Path(path), state_dict_cpu(net), model_meta(model))
 
 
 def resolve_model_file(path: str | Path, ema: bool = True) -> Path:

@@ -229,7 +229,7 @@ def test_compile_passes_inductor_options_without_cuda_graphs_on_the_cpu(monkeypa
     accelerate(model, "cpu", precision="fp32", compile=True, compile_options={"max_autotune": True})
     assert calls == [{"options": {"triton.cudagraphs": False, "max_autotune": True}, "dynamic": False}]
     assert not model.net.graphs and model.net.net._compiled_call_impl is not None
-    # compiled in place: the weights keep their names, once (a saved accelerated model loads into a plain one)
+    # compiled in place: one copy of the weights, under the wrapper's "net." prefix (no second, compiled copy)
     assert list(model.net.state_dict()) == [f"net.{k}" for k in ref.net.state_dict()]
     assert fast_path_of(model)["compile"] is True
     x, sigma = torch.randn(16, 2), torch.rand(16) * 5 + 0.01
@@ -390,13 +390,27 @@ def test_padded_image_denoiser_matches_the_rows_alone():
 # --------------------------------------------------------------------------------- accelerate twice, fast_path_of
 
 
+def test_an_accelerated_model_saves_its_plain_network(tmp_path):
+    torch.manual_seed(0)
+    model = image_model()
+    ref = copy.deepcopy(model)
+    accelerate(model, "cpu", precision="bf16", channels_last=True, compile=False)
+    save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert not isinstance(loaded.net, SamplingNet)
+    for (k, a), (k_ref, b) in zip(loaded.net.state_dict().items(), ref.net.state_dict().items(), strict=True):
+        assert k == k_ref and torch.equal(a, b)
+
+
 def test_accelerate_twice_is_a_user_error():
     model = points_model()
     accelerate(model, "cpu", precision="bf16")
     first = model.net
+    torch.backends.cudnn.benchmark = True
     with pytest.raises(UserError, match="twice"):
-        accelerate(model, "cpu", precision="fp32")
+        accelerate(model, "cpu", precision="fp32", cudnn_benchmark=False)
     assert model.net is first and not isinstance(first.net, SamplingNet)
+    assert torch.backends.cudnn.benchmark is True  # the refused call changed no process-wide flag
     assert fast_path_of(model)["precision"] == "bf16"
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 3, one GPU: the EDM pair (edm, fdm-edm) x 3 seeds, trained side by side on one GPU for TRAIN_S seconds each
-# with the compiled channels_last fast path, FD-digits every EVAL_KIMG kimg, then the FD-vs-NFE sweep of the final models
-# and (AGREE=1, default) the fast-path agreement check on the seed-0 EDM model, which is saved as $OUT/edm-s0.safetensors
-# (fp16 weights, 14 MB). Usage: OUT=res GPU=0 TRAIN_S=360 SWEEP_S=470 EVAL_KIMG=50 bash benchmarks/fdm_training/seeds_gpu.sh
+# with the compiled channels_last fast path, FD-digits every EVAL_KIMG kimg, then the FD-vs-NFE sweep of the final
+# models and (AGREE=1, default) the fast-path agreement check on the seed-0 EDM model, which is saved as
+# $OUT/edm-s0.safetensors (fp16 weights, 14 MB).
+# Usage: OUT=res GPU=0 TRAIN_S=360 SWEEP_S=450 EVAL_KIMG=50 bash benchmarks/fdm_training/seeds_gpu.sh
 set -u
 OUT=${OUT:-results}
 R=runs/seeds
