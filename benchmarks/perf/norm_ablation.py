@@ -1,0 +1,130 @@
+"""What the compiled U-Net's per-channel GroupNorm and broadcast upsampling buy, on the GPU.
+
+Two parts, each written to its own JSON under ``--out-dir``:
+
+- ``micro``: one UNetBlock norm path, ``dropout(silu(GN(h + p)))`` forward + backward, compiled, bf16 channels_last,
+  at the EDM CIFAR-10 shapes, for the per-channel-statistics form (the library's), the group-view form it replaced
+  (session 4), and eager native ``group_norm``; nearest upsampling forward + backward as a broadcast (library) and as
+  ``F.interpolate``; a compiled ``2 x`` pass as the memory-bandwidth yardstick.
+- ``full``: ``bench throughput`` fast mode, the library's forms and the replaced forms patched back in, side by side.
+
+    python benchmarks/perf/norm_ablation.py --out-dir res --parts micro,full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastdiffusion.bench import throughput
+from fastdiffusion.bench.provenance import provenance
+from fastdiffusion.bench.timing import timed_windows
+from fastdiffusion.checkpoint import atomic_write_json
+from fastdiffusion.nets import unet
+
+DROPOUT = 0.13  # EDM's CIFAR-10 setting
+NORM_SHAPES = [(512, 128, 32), (512, 256, 16), (1024, 128, 32)]  # (batch, channels, resolution)
+UP_SHAPE = (512, 256, 16)
+
+
+def group_view_norm(self: unet.GroupNorm, x: Tensor) -> Tensor:
+    """Session 4's compiled form: statistics reduced over (pixels, channels of a group) of an NHWC view."""
+    n, c, h, w = x.shape
+    xg = x.float().permute(0, 2, 3, 1).reshape(n, h * w, self.num_groups, c // self.num_groups)
+    var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)
+    y = ((xg - mean) * torch.rsqrt(var + self.eps)).reshape(n, h, w, c)
+    return torch.addcmul(self.bias.float(), y, self.weight.float()).permute(0, 3, 1, 2).to(x.dtype)
+
+
+def interpolate_upsample(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def _ms(fn: Callable[[], object], dev: torch.device) -> float:
+    return 1000 * timed_windows(fn, dev, warmup=5, window=10, repeats=5)
+
+
+def _time_norm(form: Callable, compiled: bool, norm: unet.GroupNorm, h: Tensor, p: Tensor, dev: torch.device) -> dict:
+    """Forward, and forward + backward to (h, weight, bias), of the block's norm path with GroupNorm ``form``."""
+    def block(x: Tensor) -> Tensor:
+        return F.dropout(F.silu(form(norm, x + p)), DROPOUT, training=True)
+
+    fn = torch.compile(block, dynamic=False) if compiled else block
+    x = h if compiled else h.contiguous()  # the native kernel wants NCHW
+    g = torch.randn_like(h)
+    with torch.no_grad():
+        fwd = _ms(lambda: fn(x.detach()), dev)
+    both = _ms(lambda: torch.autograd.grad(fn(x), (h, norm.weight, norm.bias), g), dev)
+    return {"forward_ms": fwd, "forward_backward_ms": both}
+
+
+def _time_upsample(up: Callable[[Tensor], Tensor], x: Tensor, dev: torch.device) -> dict:
+    fn = torch.compile(up, dynamic=False)
+    g = torch.randn_like(up(x.detach()))
+    return {"forward_backward_ms": _ms(lambda: torch.autograd.grad(fn(x), x, g), dev)}
+
+
+def _time_bandwidth(h: Tensor, dev: torch.device) -> dict:
+    twice = torch.compile(lambda t: t * 2, dynamic=False)
+    ms = _ms(lambda: twice(h), dev)
+    return {"ms": ms, "gb_per_s": 2 * h.numel() * h.element_size() / ms / 1e6}
+
+
+def _channels_last(n: int, c: int, res: int, dev: torch.device) -> Tensor:
+    return torch.randn(n, c, res, res, device=dev, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+
+
+def micro(dev: torch.device) -> dict:
+    out: dict = {}
+    variants = {"per_channel": (unet.GroupNorm._forward_nhwc, True), "group_view": (group_view_norm, True),
+                "eager_native": (unet.GroupNorm.forward, False)}
+    for n, c, res in NORM_SHAPES:
+        norm = unet.GroupNorm(c).to(dev)
+        h = _channels_last(n, c, res, dev).requires_grad_()
+        p = torch.randn(n, c, 1, 1, device=dev, dtype=torch.bfloat16)
+        shape = f"{n}x{c}x{res}x{res}"
+        for name, (form, compiled) in variants.items():
+            out[f"{name}@{shape}"] = _time_norm(form, compiled, norm, h, p, dev)
+            print(name, shape, out[f"{name}@{shape}"], flush=True)
+        out[f"bandwidth_2x@{shape}"] = _time_bandwidth(h.detach(), dev)
+        torch._dynamo.reset()
+    n, c, res = UP_SHAPE
+    x = _channels_last(n, c, res, dev).requires_grad_()
+    for name, up in {"broadcast": unet.upsample_nearest_nhwc, "interpolate": interpolate_upsample}.items():
+        out[f"upsample_{name}@{n}x{c}x{res}x{res}"] = _time_upsample(up, x, dev)
+    print(out, flush=True)
+    return out
+
+
+def full(args: argparse.Namespace, replaced: bool) -> dict:
+    if replaced:
+        unet.GroupNorm._forward_nhwc = group_view_norm
+        unet.upsample_nearest_nhwc = interpolate_upsample
+    return throughput.run(args.net, "digits32", [args.batch], ["fast"], warmup=5, window=5, repeats=5,
+                          sample_batch=args.sample_batch, device="auto")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--parts", default="micro,full", help="comma list of micro, full, full_replaced")
+    p.add_argument("--net", default="ddpmpp-cifar10")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--sample-batch", type=int, default=1024)
+    args = p.parse_args()
+    dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    for part in args.parts.split(","):
+        result = micro(dev) if part == "micro" else full(args, replaced=part == "full_replaced")
+        atomic_write_json(args.out_dir / f"norm_ablation_{part}.json", {**provenance(dev), "part": part, **result})
+        print(json.dumps(result)[:2000], flush=True)
+
+
+if __name__ == "__main__":
+    main()
