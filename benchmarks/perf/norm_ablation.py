@@ -29,7 +29,9 @@ from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.nets import unet
 
 DROPOUT = 0.13  # EDM's CIFAR-10 setting
-NORM_SHAPES = [(512, 128, 32), (512, 256, 16), (1024, 128, 32)]  # (batch, channels, resolution)
+# (batch, channels, resolution) of the DDPM++ CIFAR-10 norms: training (forward + backward) and sampling (forward)
+TRAIN_SHAPES = [(512, c, r) for r in (32, 16, 8) for c in (256, 512)]
+SAMPLE_SHAPES = [(1024, 256, r) for r in (32, 16, 8)]
 UP_SHAPE = (512, 256, 16)
 
 
@@ -42,6 +44,16 @@ def group_view_norm(self: unet.GroupNorm, x: Tensor) -> Tensor:
     return torch.addcmul(self.bias.float(), y, self.weight.float()).permute(0, 3, 1, 2).to(x.dtype)
 
 
+def per_channel_sums_norm(self: unet.GroupNorm, x: Tensor) -> Tensor:
+    """Per-channel first and second moments (no Welford), ``var_g = <E[x^2]>_g - mean_g^2``."""
+    n, c = x.shape[:2]
+    m1 = x.float().mean(dim=(2, 3)).view(n, self.num_groups, -1).mean(-1, keepdim=True)
+    m2 = x.float().square().mean(dim=(2, 3)).view(n, self.num_groups, -1).mean(-1, keepdim=True)
+    scale = torch.rsqrt(m2 - m1.square() + self.eps) * self.weight.float().view(self.num_groups, -1)
+    shift = self.bias.float().view(self.num_groups, -1) - m1 * scale
+    return torch.addcmul(shift.view(n, c, 1, 1), x.float(), scale.view(n, c, 1, 1)).to(x.dtype)
+
+
 def interpolate_upsample(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
@@ -50,18 +62,24 @@ def _ms(fn: Callable[[], object], dev: torch.device) -> float:
     return 1000 * timed_windows(fn, dev, warmup=5, window=10, repeats=5)
 
 
-def _time_norm(form: Callable, compiled: bool, norm: unet.GroupNorm, h: Tensor, p: Tensor, dev: torch.device) -> dict:
-    """Forward, and forward + backward to (h, weight, bias), of the block's norm path with GroupNorm ``form``."""
+def _time_norm(form: Callable, compiled: bool, norm: unet.GroupNorm, shape: tuple[int, int, int], backward: bool,
+               dev: torch.device) -> float:
+    """ms of the block's norm path with GroupNorm ``form``: forward + backward to (h, weight, bias) as in training,
+    or the forward alone as in sampling (dropout off)."""
+    n, c, res = shape
+    h = _channels_last(n, c, res, dev).requires_grad_(backward)
+    p = torch.randn(n, c, 1, 1, device=dev, dtype=torch.bfloat16)
+
     def block(x: Tensor) -> Tensor:
-        return F.dropout(F.silu(form(norm, x + p)), DROPOUT, training=True)
+        return F.dropout(F.silu(form(norm, x + p)), DROPOUT, training=backward)
 
     fn = torch.compile(block, dynamic=False) if compiled else block
     x = h if compiled else h.contiguous()  # the native kernel wants NCHW
+    if not backward:
+        with torch.no_grad():
+            return _ms(lambda: fn(x), dev)
     g = torch.randn_like(h)
-    with torch.no_grad():
-        fwd = _ms(lambda: fn(x.detach()), dev)
-    both = _ms(lambda: torch.autograd.grad(fn(x), (h, norm.weight, norm.bias), g), dev)
-    return {"forward_ms": fwd, "forward_backward_ms": both}
+    return _ms(lambda: torch.autograd.grad(fn(x), (h, norm.weight, norm.bias), g), dev)
 
 
 def _time_upsample(up: Callable[[Tensor], Tensor], x: Tensor, dev: torch.device) -> dict:
@@ -81,19 +99,19 @@ def _channels_last(n: int, c: int, res: int, dev: torch.device) -> Tensor:
 
 
 def micro(dev: torch.device) -> dict:
+    """ms per call of each GroupNorm form at every shape (and the bandwidth yardstick), then of each upsampling."""
     out: dict = {}
-    variants = {"per_channel": (unet.GroupNorm._forward_nhwc, True), "group_view": (group_view_norm, True),
-                "eager_native": (unet.GroupNorm.forward, False)}
-    for n, c, res in NORM_SHAPES:
-        norm = unet.GroupNorm(c).to(dev)
-        h = _channels_last(n, c, res, dev).requires_grad_()
-        p = torch.randn(n, c, 1, 1, device=dev, dtype=torch.bfloat16)
-        shape = f"{n}x{c}x{res}x{res}"
-        for name, (form, compiled) in variants.items():
-            out[f"{name}@{shape}"] = _time_norm(form, compiled, norm, h, p, dev)
-            print(name, shape, out[f"{name}@{shape}"], flush=True)
-        out[f"bandwidth_2x@{shape}"] = _time_bandwidth(h.detach(), dev)
-        torch._dynamo.reset()
+    variants = {"per_channel": (unet.GroupNorm._forward_nhwc, True), "per_channel_sums": (per_channel_sums_norm, True),
+                "group_view": (group_view_norm, True), "eager_native": (unet.GroupNorm.forward, False)}
+    for backward, shapes in ((True, TRAIN_SHAPES), (False, SAMPLE_SHAPES)):
+        for shape in shapes:
+            norm = unet.GroupNorm(shape[1]).to(dev)
+            key = f"{'forward_backward' if backward else 'forward'}@{'x'.join(map(str, shape))}"
+            out[key] = {name: _time_norm(form, compiled, norm, shape, backward, dev)
+                        for name, (form, compiled) in variants.items()}
+            out[key]["bandwidth_2x"] = _time_bandwidth(_channels_last(*shape, dev), dev)
+            print(key, out[key], flush=True)
+            torch._dynamo.reset()
     n, c, res = UP_SHAPE
     x = _channels_last(n, c, res, dev).requires_grad_()
     for name, up in {"broadcast": unet.upsample_nearest_nhwc, "interpolate": interpolate_upsample}.items():
