@@ -206,17 +206,74 @@ def test_errors(call: dict, match: str) -> None:
 
 
 def test_group_norm_nhwc_form_matches_native() -> None:
+    """The per-channel-statistics form (values and gradients) against the native kernel in float64. Channels get
+    different means, so the between-channel term of the group variance is exercised."""
     from fastdiffusion.nets.unet import GroupNorm
 
     torch.manual_seed(0)
-    norm = GroupNorm(64)
+    norm = GroupNorm(64).double()
     with torch.no_grad():
         norm.weight.normal_()
         norm.bias.normal_()
-    x = torch.randn(3, 64, 8, 8) * 3 + 1
-    y_cl = norm._forward_nhwc(x.to(memory_format=torch.channels_last))  # the torch.compile path
+    x = torch.randn(3, 64, 8, 8, dtype=torch.float64) * 3 + torch.randn(1, 64, 1, 1, dtype=torch.float64) * 4
+    x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
+    y_cl = norm._forward_nhwc(x_cl)  # the torch.compile path (fp32 statistics)
     assert y_cl.is_contiguous(memory_format=torch.channels_last)  # the layout survives the norm
-    torch.testing.assert_close(y_cl, norm(x), rtol=1e-5, atol=1e-5)
+    x.requires_grad_()
+    ref = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(y_cl, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(y_cl, (x_cl, norm.weight, norm.bias), g)
+    want = torch.autograd.grad(ref, (x, norm.weight, norm.bias), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_nhwc_upsample_equals_interpolate() -> None:
+    from fastdiffusion.nets.unet import upsample_nearest_nhwc
+
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    y, ref = upsample_nearest_nhwc(x), F.interpolate(x, scale_factor=2.0, mode="nearest")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+def test_compiled_channels_last_unet_matches_eager(monkeypatch) -> None:
+    """Under torch.compile a channels_last U-Net takes the NHWC forms of GroupNorm and upsampling; its output and
+    gradients equal the eager NCHW network's. Dynamo traces it (aot_eager: no C++ build)."""
+    from fastdiffusion.nets import unet
+
+    traced = {"norm": 0, "up": 0}
+    norm_form, up_form = unet.GroupNorm._forward_nhwc, unet.upsample_nearest_nhwc
+
+    def count_norm(self, x):
+        traced["norm"] += 1
+        return norm_form(self, x)
+
+    def count_up(x):
+        traced["up"] += 1
+        return up_form(x)
+
+    monkeypatch.setattr(unet.GroupNorm, "_forward_nhwc", count_norm)
+    monkeypatch.setattr(unet, "upsample_nearest_nhwc", count_up)
+    torch.manual_seed(0)
+    net = build_net("ddpmpp-tiny", img_resolution=16, in_channels=1)
+    for p in net.parameters():  # zero-initialised output layers would hide most of the network
+        p.data.normal_(0, 0.2)
+    x, sigma = torch.randn(4, 1, 16, 16), torch.rand(4) + 0.5
+    params = list(net.parameters())
+    ref = net(x, sigma)
+    grads_ref = torch.autograd.grad(ref.square().sum(), params)
+    assert traced == {"norm": 0, "up": 0}  # eager NCHW: native kernels
+    compiled = torch.compile(net, backend="aot_eager", dynamic=False)
+    net.to(memory_format=torch.channels_last)
+    out = compiled(x.to(memory_format=torch.channels_last), sigma)
+    assert traced["norm"] > 0 and traced["up"] > 0
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    for g, g_ref in zip(torch.autograd.grad(out.square().sum(), params), grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("mode", ["down", "up"])

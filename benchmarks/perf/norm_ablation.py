@@ -1,14 +1,16 @@
 """What the compiled U-Net's per-channel GroupNorm and broadcast upsampling buy, on the GPU.
 
-Two parts, each written to its own JSON under ``--out-dir``:
+Parts, each written to ``norm_ablation_<part>.json`` under ``--out-dir``:
 
-- ``micro``: one UNetBlock norm path, ``dropout(silu(GN(h + p)))`` forward + backward, compiled, bf16 channels_last,
-  at the EDM CIFAR-10 shapes, for the per-channel-statistics form (the library's), the group-view form it replaced
-  (session 4), and eager native ``group_norm``; nearest upsampling forward + backward as a broadcast (library) and as
-  ``F.interpolate``; a compiled ``2 x`` pass as the memory-bandwidth yardstick.
-- ``full``: ``bench throughput`` fast mode, the library's forms and the replaced forms patched back in, side by side.
+- ``micro``: one UNetBlock norm path, ``dropout(silu(GN(h + p)))``, compiled, bf16 channels_last, at the six
+  GroupNorm shapes that make up 71 of the 73 norms of EDM's CIFAR-10 DDPM++ network: forward + backward at batch 512
+  (training), forward at 1024 (sampling). Forms: per-channel statistics (the library's), per-channel moments
+  E[x^2] - E[x]^2, the group view it replaced (session 4), eager native ``group_norm``; a compiled ``2 x`` pass as
+  the memory-bandwidth yardstick. Then nearest upsampling, forward + backward, as a broadcast (library) and as
+  ``F.interpolate``.
+- ``full``: ``bench throughput`` fast mode; ``full_replaced``: the same with the replaced forms patched back in.
 
-    python benchmarks/perf/norm_ablation.py --out-dir res --parts micro,full
+    python benchmarks/perf/norm_ablation.py --out-dir res --parts micro,full,full_replaced
 """
 
 from __future__ import annotations
