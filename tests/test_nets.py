@@ -271,9 +271,9 @@ def test_compiled_channels_last_unet_matches_eager(monkeypatch) -> None:
     net.to(memory_format=torch.channels_last)
     out = compiled(x.to(memory_format=torch.channels_last), sigma)
     assert traced["norm"] > 0 and traced["up"] > 0
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for g, g_ref in zip(torch.autograd.grad(out.square().sum(), params), grads_ref, strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["down", "up"])
