@@ -42,16 +42,8 @@ def _png_bytes(pic: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _figure_bytes(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _figure(**kw):
+def figure(**kw):
+    """``plt.subplots(**kw)`` on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,12 +52,22 @@ def _figure(**kw):
     return plt.subplots(**kw)
 
 
+def save_figure(fig, path: str | Path) -> None:
+    """Write ``fig`` as a PNG atomically (temp file + rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
 def save_samples(x: Tensor, path: str | Path, reference: Tensor | None = None) -> None:
     """Images -> PNG grid; points (N, 2) -> scatter plot over ``reference`` points if given."""
     if x.ndim == 4:
         atomic_write_bytes(Path(path), _png_bytes(image_grid(x)))
         return
-    fig, ax = _figure(figsize=(5, 5))
+    fig, ax = figure(figsize=(5, 5))
     if reference is not None:
         r = reference[:, :2].cpu().numpy()
         ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.3, label="data", color="tab:gray")
@@ -73,7 +75,7 @@ def save_samples(x: Tensor, path: str | Path, reference: Tensor | None = None) -
     ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.6, label="samples", color="tab:blue")
     ax.set_aspect("equal")
     ax.legend(loc="upper right")
-    atomic_write_bytes(Path(path), _figure_bytes(fig))
+    save_figure(fig, path)
 
 
 def plot_loss(log_path: str | Path, path: str | Path) -> None:
@@ -82,7 +84,7 @@ def plot_loss(log_path: str | Path, path: str | Path) -> None:
     rows = [r for r in rows if "loss" in r]
     if not rows:
         return
-    fig, ax = _figure(figsize=(6, 3.5))
+    fig, ax = figure(figsize=(6, 3.5))
     kimg = [r["kimg"] for r in rows]
     loss = [r["loss"] for r in rows]
     ax.plot(kimg, loss, lw=0.8, alpha=0.5, label="loss")
@@ -94,4 +96,4 @@ def plot_loss(log_path: str | Path, path: str | Path) -> None:
     ax.set_ylabel("weighted denoising loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    atomic_write_bytes(Path(path), _figure_bytes(fig))
+    save_figure(fig, path)

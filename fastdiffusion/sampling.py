@@ -11,28 +11,12 @@ from tqdm.auto import tqdm
 
 from .errors import UserError
 from .samplers import SAMPLERS, SamplerSpec, get_sampler, make_sigmas
+from .samplers.counted import CountedModel, run_counted
 
 # EDM's default sampling range, used for bare callables that do not say their own.
 DEFAULT_RANGE = (0.002, 80.0)
 # (sampler, NFE) used when the caller names none: EDM's Heun at 18 steps, PSLD's SSCS baseline, DSNO's one call.
 FAMILY_DEFAULTS = {"edm": ("heun", 35), "psld": ("sscs", 100), "dsno": ("dsno", 1)}
-
-
-class CountingDenoiser:
-    """Wraps ``D(x, sigma)``: passes sigma as a per-row tensor (the EDM / k-diffusion convention), counts calls."""
-
-    def __init__(self, model: Callable, class_labels: Tensor | None = None, progress: tqdm | None = None) -> None:
-        self.model, self.class_labels, self.progress, self.calls = model, class_labels, progress, 0
-        self.process = getattr(model, "process", None)  # PSLD samplers ask the model's process for coefficients
-
-    def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        self.calls += 1
-        if self.progress is not None:
-            self.progress.update(1)
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(x.shape[0])
-        if self.class_labels is None:
-            return self.model(x, sigma).to(x.dtype)
-        return self.model(x, sigma, self.class_labels).to(x.dtype)
 
 
 def model_family(model: Callable) -> str:
@@ -102,15 +86,13 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho,
                          sampler=sampler)
     bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE", disable=not progress, leave=False)
-    den = CountingDenoiser(model, class_labels, bar)
+    den = CountedModel(model, getattr(model, "process", None), class_labels, bar)
     if family == "psld":  # PSLD samples z = (x, m) from its prior: x from ``noise``, m drawn by ``noise_fn``
         x = model.process.prior(noise.float(), (noise_fn or torch.randn_like)(noise.float()))
     else:
         x = noise.float() * sigmas[0].float()
-    x = spec.fn(den, x, sigmas.to(x.device), noise=noise_fn, callback=callback, **{**spec.hyper, **hyper})
+    x = run_counted(spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback, **hyper)
     bar.close()
-    if den.calls != nfe:
-        raise RuntimeError(f"sampler '{sampler}' made {den.calls} network calls, not the {nfe} it reports")
     return x[:, : noise.shape[1]] if family == "psld" else x
 
 

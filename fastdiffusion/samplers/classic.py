@@ -8,22 +8,12 @@ like ``x`` (per-image seeded when called through ``fastdiffusion.sample``), and 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .registry import SamplerSpec, one_call_per_step, register
-
-Denoise = Callable[[Tensor, Tensor], Tensor]
-Noise = Callable[[Tensor], Tensor]
-Callback = Callable[[dict], None] | None
-
-
-def _step_info(callback: Callback, **info: object) -> None:
-    if callback is not None:
-        callback(info)
+from .registry import Callback, Denoise, Noise, SamplerSpec, one_call_per_step, register, step_info
 
 
 @torch.no_grad()
@@ -34,7 +24,7 @@ def euler(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None =
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)
         x = x + (sigma_next - sigma) * (x - denoised) / sigma
-        _step_info(callback, i=i, x=x, sigma=sigma, denoised=denoised)
+        step_info(callback, i=i, x=x, sigma=sigma, denoised=denoised)
     return x
 
 
@@ -61,7 +51,7 @@ def heun(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None = 
             d_next = (x_next - denoiser(x_next, sigma_next)) / sigma_next
             x_next = x + (sigma_next - sigma_hat) * (d + d_next) / 2
         x = x_next
-        _step_info(callback, i=i, x=x, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised)
+        step_info(callback, i=i, x=x, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised)
     return x
 
 

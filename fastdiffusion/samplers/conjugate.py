@@ -61,8 +61,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .classic import Callback, Denoise, Noise, _step_info
-from .registry import SamplerSpec, one_call_per_step, register
+from .registry import Callback, Denoise, Noise, SamplerSpec, one_call_per_step, register, step_info
 
 Matrix = tuple[tuple[float, ...], ...]
 
@@ -232,7 +231,7 @@ def lambda_ddim(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | 
             x = denoised
         else:
             x = conjugate_step(coef, i, x, (x - denoised) / sig[i])
-        _step_info(callback, i=i, x=x, sigma=sigmas[i], denoised=denoised)
+        step_info(callback, i=i, x=x, sigma=sigmas[i], denoised=denoised)
     return x
 
 

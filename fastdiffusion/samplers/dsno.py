@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .classic import Callback, Noise, _step_info
-from .registry import SamplerSpec, register
+from .registry import Callback, Noise, SamplerSpec, register, step_info
 
 
 @torch.no_grad()
@@ -29,7 +28,7 @@ def dsno(generator: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas: Tenso
         for k in range(num_times):
             m = num_times - 1 - k
             sigma = None if out_sigmas is None else out_sigmas[m]
-            _step_info(callback, i=k, x=traj[:, m], sigma=sigma, denoised=traj[:, 0])
+            step_info(callback, i=k, x=traj[:, m], sigma=sigma, denoised=traj[:, 0])
     return traj[:, 0]
 
 

@@ -35,8 +35,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .classic import Callback, Denoise, Noise, _step_info
-from .registry import SamplerSpec, one_call_per_step, register
+from .registry import Callback, Denoise, Noise, SamplerSpec, one_call_per_step, register, step_info
 
 # Below this step size the weights w_k come from their power series (the recursion cancels).
 _SERIES_BELOW = 0.5
@@ -116,7 +115,7 @@ def dpmpp_multistep(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Nois
             x = denoised
         else:
             x = _dpmpp_update(x, history, lam[max(0, i - 2):i + 2][::-1], _order(order, i, n_steps))
-        _step_info(callback, i=i, x=x, sigma=sigmas[i], denoised=denoised)
+        step_info(callback, i=i, x=x, sigma=sigmas[i], denoised=denoised)
     return x
 
 
@@ -201,7 +200,7 @@ def unipc(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None =
             last = i + 2 > n_steps or sig[i + 2] == 0
             x = x_pred if last else _unipc_update(x, denoised, [*diffs, d_next - denoised], [*rs, 1.0], h)
             hist = [d_next, *hist[:order]]
-        _step_info(callback, i=i, x=x, sigma=sigmas[i], denoised=denoised)
+        step_info(callback, i=i, x=x, sigma=sigmas[i], denoised=denoised)
     return x
 
 
@@ -228,7 +227,7 @@ def ipndm(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None =
             ds = [(x - denoised) / sig[i], *ds[:3]]
             weights = ADAMS_BASHFORTH[min(order, 4, len(ds)) - 1]
             x = x + (sig[i + 1] - sig[i]) * sum(c * d for c, d in zip(weights, ds, strict=False))
-        _step_info(callback, i=i, x=x, sigma=sigmas[i], denoised=denoised)
+        step_info(callback, i=i, x=x, sigma=sigmas[i], denoised=denoised)
     return x
 
 

@@ -1,11 +1,40 @@
-"""Samplers by name, each with its NFE rule, default schedule and hyperparameters."""
+"""The sampler signature and the registry of samplers by name, each with its NFE rule, default schedule and
+hyperparameters.
+
+Every sampler is ``fn(model, x, sigmas, *, noise, callback, **hyper) -> x``: ``model`` is a ``Denoise`` (EDM family),
+an ``EpsModel`` (PSLD) or a one-step generator (DSNO), ``x`` the initial state at ``sigmas[0]``, ``sigmas`` the
+decreasing noise levels (PSLD: times) ending in 0, ``noise(x)`` draws fresh standard normals shaped like ``x`` and
+``callback`` receives a dict per step.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from torch import Tensor
 
 from ..errors import UserError
+from ..processes import Process
+
+Denoise = Callable[[Tensor, Tensor], Tensor]
+Noise = Callable[[Tensor], Tensor]
+Callback = Callable[[dict], None] | None
+
+
+class EpsModel(Protocol):
+    """A PSLD model as its samplers see it: ``eps(z, t)`` and the process whose coefficients they ask for."""
+
+    process: Process
+
+    def __call__(self, z: Tensor, t: Tensor) -> Tensor: ...
+
+
+def step_info(callback: Callback, **info: object) -> None:
+    """Hand one step's values to ``callback`` (if any)."""
+    if callback is not None:
+        callback(info)
 
 
 @dataclass(frozen=True)
