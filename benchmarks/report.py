@@ -14,10 +14,7 @@ import math
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from fastdiffusion.plots import figure, save_figure
 
 HERE = Path(__file__).resolve().parent
 PAIRS = [("edm", "fdm-edm"), ("edm-s1", "fdm-edm-s1"), ("vp", "fdm-vp"), ("ve", "fdm-ve"), ("edm-tiny", "fdm-edm-tiny"),
@@ -45,7 +42,7 @@ def kimg_to_reach(curve: list[dict], target: float) -> float | None:
 # -- issue 3 -------------------------------------------------------------------------------------------------------
 def fdm() -> None:
     folder = HERE / "fdm_training"
-    runs = {p.stem: load(p) for p in sorted(folder.glob("*.json")) if p.stem != "summary"}
+    runs = {p.stem: load(p) for p in sorted(folder.glob("*.json")) if p.stem not in ("summary", "toy_few_step")}
     rows, summary = [], []
     for base, var in PAIRS:
         b, v = runs[base]["curve"], runs[var]["curve"]
@@ -87,7 +84,7 @@ def fdm() -> None:
           "is in `pilot/`.", ""]
     write(folder / "results.md", "\n".join(md))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = figure(ncols=2, figsize=(12, 4.2))
     for ax, names in zip(axes, (["edm", "fdm-edm", "edm-s1", "fdm-edm-s1", "vp", "fdm-vp", "ve", "fdm-ve"],
                                 ["edm", "fdm-edm", "fdm-edm-m1", "fdm-edm-nowarmup", "edm-tiny", "fdm-edm-tiny"]),
                          strict=True):
@@ -102,9 +99,8 @@ def fdm() -> None:
     axes[0].set_ylabel("FD-digits (heun 35, EMA, n=1000)")
     axes[0].set_title("pairs and a second seed")
     axes[1].set_title("FDM ablations: multiplier, warm-up, network size")
-    fig.savefig(folder / "fd_vs_kimg.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    save_figure(fig, folder / "fd_vs_kimg.png")
+    fig, axes = figure(ncols=2, figsize=(12, 4.2), sharey=True)
     for ax, sampler in zip(axes, ("heun", "dpmpp-2m"), strict=True):
         for n in ("edm", "fdm-edm", "edm-s1", "fdm-edm-s1", "vp", "fdm-vp", "ve", "fdm-ve", "edm-tiny",
                   "fdm-edm-tiny"):
@@ -118,8 +114,7 @@ def fdm() -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("FD-digits (n=1000)")
     axes[1].legend(fontsize=8)
-    fig.savefig(folder / "fd_vs_nfe.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, folder / "fd_vs_nfe.png")
 
 
 def fdm_seeds() -> None:
@@ -179,7 +174,7 @@ def fdm_seeds() -> None:
             for c, e, f in zip(sweep_cols, sweep["edm"], sweep["fdm-edm"], strict=True)], "",
           "Plot: `seeds.png` (band: min–max over the seeds).", ""]
     write(folder / "results.md", "\n".join(md))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = figure(ncols=2, figsize=(12, 4.2))
     for p, style in (("edm", "-"), ("fdm-edm", "--")):
         each = [fd_at(f"{p}-s{s}") for s in seeds]
         axes[0].plot(kimgs, [m for m, _ in stats[p]], style, marker="o", ms=3, label=f"{p} (mean of {len(seeds)})")
@@ -197,8 +192,7 @@ def fdm_seeds() -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.savefig(folder / "seeds.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, folder / "seeds.png")
 
 
 # -- issue 7 -------------------------------------------------------------------------------------------------------
@@ -259,7 +253,7 @@ def cunet() -> None:
             for r in c["solver_ablation"]], "", *cunet_solvers(folder / "solvers", curves["ddpmpp-small"]),
           "Plot: `cunet.png`.", ""]
     write(folder / "results.md", "\n".join(md))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = figure(ncols=2, figsize=(11, 4))
     for n, cv in curves.items():
         axes[0].plot([x["kimg"] for x in cv], [x["fd"] for x in cv], marker="o", label=n)
         axes[1].plot([float(s) for s in sig], [bench[n]["denoise_psnr_db"][s] for s in sig], marker="o", label=n)
@@ -268,8 +262,7 @@ def cunet() -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.savefig(folder / "cunet.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, folder / "cunet.png")
 
 
 def cunet_solvers(folder: Path, baseline: list[dict]) -> list[str]:
@@ -310,14 +303,13 @@ def psld() -> None:
           "Training curve (csps-d 50): " + ", ".join(f"{c['kimg']:.0f}k→{c['fd']:.0f}" for c in r["curve"]), "",
           "Plot: `fd_vs_nfe.png`.", ""]
     write(folder / "results.md", "\n".join(md))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure(figsize=(6, 4))
     for s in samplers:
         ax.plot(nfes, [got[(s, n)] for n in nfes], marker="o", label=s)
     ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="FD-digits (n=1000)", title="PSLD samplers, digits32")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(folder / "fd_vs_nfe.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, folder / "fd_vs_nfe.png")
 
 
 # -- issue 6 -------------------------------------------------------------------------------------------------------
@@ -355,7 +347,7 @@ def dsno() -> None:
           f"{sp['trajectories']['seeds_per_s']:.0f} vs {sp['plain']['seeds_per_s']:.0f} seeds/s "
           f"(slowdown {sp['slowdown']:.2f}×, shard writes included).", "", "Plot: `fd_vs_nfe.png`.", ""]
     write(folder / "results.md", "\n".join(md))
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = figure(figsize=(6.5, 4))
     for sampler in dict.fromkeys(t["sampler"] for t in ev["teacher"] if t["nfe"] < 35):
         pts = [(t["nfe"], t["fd"]) for t in ev["teacher"] if t["sampler"] == sampler]
         ax.plot(*zip(*pts, strict=True), marker=".", lw=1, alpha=0.7, label=f"teacher {sampler}")
@@ -365,8 +357,7 @@ def dsno() -> None:
     ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="FD-digits (n=1000)", title="DSNO vs teacher samplers")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    fig.savefig(folder / "fd_vs_nfe.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, folder / "fd_vs_nfe.png")
 
 
 # -- issue 5 -------------------------------------------------------------------------------------------------------
@@ -392,7 +383,7 @@ def loss_curves() -> None:
                                          for m, s in logs}}
     (folder / "loss_curves.json").write_text(json.dumps(result, indent=1))
     print("wrote benchmarks/perf/loss_curves.json")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = figure(figsize=(6.5, 4))
     for (m, s), v in loss.items():
         ax.plot([10 * (i + 1) for i in range(len(v))], v, label=f"{m} seed {s}", lw=1,
                 ls={"fp32": "-", "bf16": "--", "fast": ":"}[m], color=f"C{s}")
@@ -400,8 +391,7 @@ def loss_curves() -> None:
            title="fp32 eager vs bf16 eager vs fast (bf16 + CL + compile)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(folder / "loss_curves.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, folder / "loss_curves.png")
 
 
 if __name__ == "__main__":

@@ -6,15 +6,14 @@
     fd.accelerate(model.cuda())                              # GPU fast path: bf16, channels_last, CUDA graphs
 """
 
-from .denoiser import Denoiser
 from .errors import UserError
 from .fastpath import accelerate
-from .model import load_model, save_model
+from .models import OneStepGenerator, ProcessModel, load_model, save_model
 from .processes import make_process
 from .sampling import generate, sample
 from .seeds import SeededNoise
 
 __version__ = "0.1.0"
 
-__all__ = ["Denoiser", "SeededNoise", "UserError", "accelerate", "generate", "load_model", "make_process", "sample",
-           "save_model"]
+__all__ = ["OneStepGenerator", "ProcessModel", "SeededNoise", "UserError", "accelerate", "generate", "load_model",
+           "make_process", "sample", "save_model"]

@@ -9,22 +9,30 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import add_config_arguments, add_sampling_arguments, config_overrides, parse_kv, positive_int
+from .cli_args import (
+    add_config_arguments,
+    add_sampling_arguments,
+    config_overrides,
+    dispatch,
+    parse_kv,
+    positive_int,
+)
 from .errors import UserError
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .training.config import TrainConfig
 
-    p.add_argument("--preset", help="start from a named configuration (see `fastdiffusion info`)")
-    p.add_argument("--config", type=Path, help="start from a JSON config file (e.g. a run's config.json)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--preset", help="start from a named configuration (see `fastdiffusion info`)")
+    start.add_argument("--config", type=Path, help="start from a JSON config file (e.g. a run's config.json)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --run-dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(p, TrainConfig)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training.config import PRESETS, TrainConfig, preset
+    from .training.config import TrainConfig, preset
     from .training.loop import train
 
     if args.config:
@@ -34,8 +42,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise UserError(f"--config {args.config}: not a readable training config ({e})") from None
     else:
         cfg = preset(args.preset) if args.preset else TrainConfig()
-    if args.preset and args.preset not in PRESETS:
-        raise UserError(f"unknown preset '{args.preset}'")
     overrides = config_overrides(args, TrainConfig, cfg)
     for k, v in overrides.items():
         setattr(cfg, k, v)
@@ -52,7 +58,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from .cli_args import fast_path_options
     from .fastpath import accelerate
-    from .model import load_model
+    from .models import load_model
     from .outputs import output_kind, write_samples
     from .sampling import check_sampler_args, generate, resolve_sampler
     from .seeds import parse_seeds
@@ -138,23 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill(sub)
     add_bench(sub)
     return parser
-
-
-def dispatch(args: argparse.Namespace) -> int:
-    """Run the parsed subcommand: a UserError becomes one line on stderr and exit code 2, an OS error (disk full,
-    permission) one line and exit code 1."""
-    try:
-        args.func(args)
-    except UserError as e:
-        print(f"fastdiffusion {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"fastdiffusion {args.command}: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

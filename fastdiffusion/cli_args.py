@@ -1,10 +1,11 @@
-"""Argument parsers shared by every subcommand's CLI module."""
+"""What every subcommand's CLI module shares: argument parsers, and ``dispatch`` (errors to exit codes)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 import types
 import typing
 
@@ -107,3 +108,19 @@ def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
 def fast_path_options(args: argparse.Namespace) -> dict:
     """The ``accelerate`` keyword arguments the fast-path flags set."""
     return {k: getattr(args, k) for k in ("precision", "channels_last", "compile", "cudnn_benchmark")}
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; a UserError ends in one stderr line and exit 2, an OS error in one line and exit 1."""
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"fastdiffusion {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"fastdiffusion {args.command}: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

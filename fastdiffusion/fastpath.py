@@ -12,12 +12,17 @@ Every switch is ``None`` = automatic (on for CUDA, off on the CPU) unless set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .models import ProcessModel
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -94,14 +99,14 @@ def _pad(t: Tensor | None, n: int) -> Tensor | None:
     return torch.cat([t, t[:1].expand(n - t.shape[0], *t.shape[1:])])
 
 
-def accelerate(model: nn.Module, device: str | torch.device | None = None, *, precision: str = "auto",
+def accelerate(model: ProcessModel, device: str | torch.device | None = None, *, precision: str = "auto",
                channels_last: bool | None = None, compile: bool | None = None,
-               cudnn_benchmark: bool | None = None, compile_options: dict | None = None) -> nn.Module:
+               cudnn_benchmark: bool | None = None, compile_options: dict | None = None) -> ProcessModel:
     """Put a loaded model (``load_model``: a denoiser, PSLD model or DSNO generator) on the sampling fast path, in
     place, and return it. The switches default to on for CUDA and off on the CPU (see ``FastPath``);
     ``compile_options`` are Inductor options for the compiled network."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    image = len(getattr(model, "data_shape", ())) == 3
+    image = len(model.data_shape) == 3
     fast = FastPath.resolve(device, precision=precision, channels_last=channels_last, compile=compile,
                             cudnn_benchmark=cudnn_benchmark, image=image)
     if isinstance(model.net, SamplingNet):
@@ -109,15 +114,16 @@ def accelerate(model: nn.Module, device: str | torch.device | None = None, *, pr
     fast.apply_backend()
     if fast.channels_last:
         model.net.to(memory_format=torch.channels_last)
-    model.net = SamplingNet(model.net, fast, device, row_cond=getattr(model, "family", None) != "dsno",
+    model.net = SamplingNet(model.net, fast, device, row_cond=model.family != "dsno",
                             compile_options=compile_options)
     return model
 
 
-def fast_path_of(model: nn.Module) -> dict:
+def fast_path_of(model: Callable) -> dict:
     """The switches a model samples with, for protocols and result files."""
-    net = getattr(model, "net", None)
-    if isinstance(net, SamplingNet):
-        return net.fast.describe()
+    from .models import ProcessModel  # models.files imports this module
+
+    if isinstance(model, ProcessModel) and isinstance(model.net, SamplingNet):
+        return model.net.fast.describe()
     return {"precision": "fp32", "channels_last": False, "compile": False,
             "cudnn_benchmark": torch.backends.cudnn.benchmark}

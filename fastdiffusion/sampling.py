@@ -10,40 +10,41 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .models import ProcessModel
+from .processes import EDM, Process
 from .samplers import SAMPLERS, SamplerSpec, get_sampler, make_sigmas
 from .samplers.counted import CountedModel, run_counted
 
-# EDM's default sampling range, used for bare callables that do not say their own.
-DEFAULT_RANGE = (0.002, 80.0)
 # (sampler, NFE) used when the caller names none: EDM's Heun at 18 steps, PSLD's SSCS baseline, DSNO's one call.
 FAMILY_DEFAULTS = {"edm": ("heun", 35), "psld": ("sscs", 100), "dsno": ("dsno", 1)}
 
 
-def model_family(model: Callable) -> str:
-    """The sampler family a model needs: its own ``family`` (a DSNO ``OneStepGenerator``: 'dsno'), else its process's
-    ('edm' or 'psld'); 'edm' for a bare denoiser callable."""
-    return getattr(model, "family", None) or getattr(getattr(model, "process", None), "family", "edm")
+def model_process(model: Callable, process: Process | None = None) -> Process:
+    """A ``ProcessModel``'s process; for a bare callable ``process``, by default EDM's (a ``D(x, sigma)``)."""
+    if isinstance(model, ProcessModel):
+        if process is not None:
+            raise UserError("process= is for bare callables: this model brings its own process")
+        return model.process
+    return process or EDM()
 
 
-def sampling_range(model: Callable) -> tuple[float, float]:
-    """The model's own ``sampling_range()`` or its process range if it has one, else its ``sigma_min``/``sigma_max``
-    clipped to EDM's defaults."""
-    if hasattr(model, "sampling_range"):  # a one-step generator starts from the sigma it was trained at
-        return model.sampling_range()
-    process = getattr(model, "process", None)
-    if process is not None:
-        return process.sampling_range()
-    lo = max(float(getattr(model, "sigma_min", DEFAULT_RANGE[0])), DEFAULT_RANGE[0])
-    hi = min(float(getattr(model, "sigma_max", DEFAULT_RANGE[1])), DEFAULT_RANGE[1])
-    return lo, hi
+def model_family(model: Callable, process: Process | None = None) -> str:
+    """The sampler family a model needs: a ``ProcessModel``'s own ('edm', 'psld' or 'dsno'), else its process's."""
+    return model.family if isinstance(model, ProcessModel) else model_process(model, process).family
 
 
-def resolve_sampler(model: Callable, sampler: str | None, nfe: int | None) -> tuple[str, int]:
+def sampling_range(model: Callable, process: Process | None = None) -> tuple[float, float]:
+    """A ``ProcessModel``'s own range, else its process's (EDM's [0.002, 80] by default)."""
+    return model.sampling_range() if isinstance(model, ProcessModel) else model_process(model, process).sampling_range()
+
+
+def resolve_sampler(model: Callable, sampler: str | None, nfe: int | None, process: Process | None = None
+                    ) -> tuple[str, int]:
     """The model family's default sampler and NFE for whichever of the two is not given."""
-    default_sampler, default_nfe = FAMILY_DEFAULTS[model_family(model)]
+    default_sampler, default_nfe = FAMILY_DEFAULTS[model_family(model, process)]
     if sampler is None:
-        return default_sampler, nfe or default_nfe
-    return sampler, nfe or FAMILY_DEFAULTS[get_sampler(sampler).family][1]
+        return default_sampler, default_nfe if nfe is None else nfe
+    return sampler, FAMILY_DEFAULTS[get_sampler(sampler).family][1] if nfe is None else nfe
 
 
 def check_sampler_args(sampler: str, nfe: int, hyper: dict) -> SamplerSpec:
@@ -63,37 +64,37 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
            schedule: str | None = None,
            sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
            class_labels: Tensor | None = None, noise_fn: Callable[[Tensor], Tensor] | None = None,
-           callback: Callable[[dict], None] | None = None, progress: bool = False, **hyper: Any) -> Tensor:
+           callback: Callable[[dict], None] | None = None, progress: bool = False, process: Process | None = None,
+           **hyper: Any) -> Tensor:
     """Generate data from standard-normal ``noise`` with exactly ``nfe`` calls of ``model``.
 
-    ``model`` is a ``Denoiser`` (its process sets the sigma range) or any callable ``D(x, sigma[, labels])`` returning
-    the denoised ``x_0`` estimate. A PSLD model (``model.process.family == 'psld'``, ``model(z, t) -> eps``) is sampled
-    by a PSLD sampler in z = (x, m) from the PSLD prior and returns x; ``noise`` is its x half, as for any model.
+    ``model`` is a ``ProcessModel`` (its process sets the sigma range, the prior and the sampler family) or any callable
+    ``D(x, sigma[, labels])`` returning the denoised ``x_0`` estimate, sampled as an EDM-family model on EDM's range
+    unless ``process`` names its process (e.g. a PSLD ``eps(z, t)`` function with its ``PSLD``). A PSLD model is
+    sampled by a PSLD sampler in z = (x, m) from the PSLD prior and returns x; ``noise`` is its x half.
     A DSNO ``OneStepGenerator`` (family 'dsno') takes ``sampler='dsno', nfe=1``: one call maps the noise to its
     whole trajectory, the t = 0 image is returned and ``callback`` receives the M trajectory points.
     The state is kept in fp32 whatever precision the model runs in. ``noise_fn`` draws
     the fresh noise of stochastic samplers (pass ``SeededNoise(seeds)`` for per-image reproducibility).
     Without ``sampler``/``nfe`` the model family's defaults apply (``FAMILY_DEFAULTS``).
     """
-    sampler, nfe = resolve_sampler(model, sampler, nfe)
+    sampler, nfe = resolve_sampler(model, sampler, nfe, process)
     spec = check_sampler_args(sampler, nfe, hyper)
-    family = model_family(model)
+    family = model_family(model, process)
     if spec.family != family:
         names = ", ".join(sorted(n for n, s in SAMPLERS.items() if s.family == family))
         raise UserError(f"sampler '{sampler}' is a {spec.family} sampler and this is a {family} model: use one of "
                         f"{names}")
-    lo, hi = sampling_range(model)
+    lo, hi = sampling_range(model, process)
     sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho,
                          sampler=sampler)
     bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE", disable=not progress, leave=False)
-    den = CountedModel(model, getattr(model, "process", None), class_labels, bar)
-    if family == "psld":  # PSLD samples z = (x, m) from its prior: x from ``noise``, m drawn by ``noise_fn``
-        x = model.process.prior(noise.float(), (noise_fn or torch.randn_like)(noise.float()))
-    else:
-        x = noise.float() * sigmas[0].float()
+    process = model_process(model, process)
+    den = CountedModel(model, process, class_labels, bar)
+    x = process.prior(noise.float(), sigmas[0], noise_fn or torch.randn_like)
     x = run_counted(spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback, **hyper)
     bar.close()
-    return x[:, : noise.shape[1]] if family == "psld" else x
+    return process.data_part(x)
 
 
 def generate(model: Callable, seeds: list[int], *, data_shape: tuple[int, ...] | None = None, batch: int = 256,
@@ -105,13 +106,14 @@ def generate(model: Callable, seeds: list[int], *, data_shape: tuple[int, ...] |
     import torch.distributed as dist
 
     from .seeds import SeededNoise
+    from .training.distributed import rank_world
 
-    shape = tuple(data_shape or getattr(model, "data_shape", ()))
+    shape = tuple(data_shape or (model.data_shape if isinstance(model, ProcessModel) else ()))
     if not shape:
         raise UserError("the model does not say its data shape: pass data_shape=(C, H, W)")
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     mine = seeds[rank::world]
     chunks = [mine[i:i + batch] for i in range(0, len(mine), batch)]
     out = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import groupby
 
 import torch
 from torch import Tensor
@@ -44,3 +45,17 @@ def parse_seeds(spec: str) -> list[int]:
     if not seeds:
         raise UserError(f"bad --seeds '{spec}': it names no seed")
     return seeds
+
+
+def seed_runs(seeds: Sequence[int]) -> list[list[int]]:
+    """[0, 1, 2, 5] -> [[0, 2], [5, 5]]: inclusive runs of consecutive seeds, in order (lists, so JSON keeps them)."""
+    runs = []
+    for _, run in groupby(enumerate(int(s) for s in seeds), key=lambda p: p[1] - p[0]):
+        members = [s for _, s in run]
+        runs.append([members[0], members[-1]])
+    return runs
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8': the --seeds syntax, the inverse of ``parse_seeds``."""
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in seed_runs(seeds))

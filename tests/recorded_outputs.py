@@ -34,7 +34,7 @@ def _nfe(name: str) -> int:
 
 
 def _psld_mixture_eps(mix: GaussianMixture):
-    from fastdiffusion.processes.psld_exact import PSLDMixtureEps
+    from fastdiffusion.bench.psld_exact import PSLDMixtureEps
 
     return PSLDMixtureEps(mix, fd.make_process("psld"))
 
@@ -56,7 +56,8 @@ def exact_score_outputs() -> dict[str, torch.Tensor]:
             if name == "heun":
                 out["mix/heun/churn"] = _run(mix.denoise, name, (2,), 0, churn=20.0)
         elif spec.family == "psld":
-            out[f"mix/{name}"] = _run(_psld_mixture_eps(mix), name, (2,), 0)
+            eps = _psld_mixture_eps(mix)
+            out[f"mix/{name}"] = _run(eps, name, (2,), 0, process=eps.process)
     return out
 
 
@@ -101,7 +102,7 @@ def dsno_outputs() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     meta_net = net_config("dsno", in_channels=1, backbone=backbone, num_times=4, modes=2)
     student = build_net(**meta_net)
-    from fastdiffusion import model as model_module
+    from fastdiffusion import models as model_module
 
     gen = model_module.build_model({"process": fd.make_process("edm").config(), "net": meta_net,
                                     "data_shape": [1, 8, 8],

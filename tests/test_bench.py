@@ -1,78 +1,164 @@
-"""``bench samplers``: its exact-score denoiser, exact reference, target check and an end-to-end --quick run."""
+"""The sampler-benchmark harness: exact references, counted runs, NFE rules, target checks, tuning search, and a tiny
+run of each entry (``bench samplers``, ``bench psld-samplers``) through the command line."""
 
-import argparse
 import json
 
 import pytest
 import torch
 
-from fastdiffusion.bench import samplers as bench
-from fastdiffusion.bench.cli import add_parser
+from fastdiffusion.bench import harness, psld_samplers, tuning
+from fastdiffusion.bench import samplers as edm_bench
+from fastdiffusion.bench.edm_exact import SIGMA_MAX, MixtureDenoiser, exact_endpoint
+from fastdiffusion.bench.problems import EDM_FAMILY, EDM_PROBLEMS, EDM_TUNING, PSLD_FAMILY, Problem
+from fastdiffusion.cli import main as cli_main
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.errors import UserError
+from fastdiffusion.samplers import SAMPLERS
+from fastdiffusion.samplers.registry import SamplerSpec, one_call_per_step
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("problem", bench.PROBLEMS + bench.TUNING_PROBLEMS[:1], ids=lambda p: p.name)
+@pytest.mark.parametrize("problem", EDM_PROBLEMS + EDM_TUNING[:1], ids=lambda p: p.name)
 def test_mixture_denoiser_matches_the_reference(problem):
     mixture = problem.make()
-    fast = bench.MixtureDenoiser(mixture)
+    fast = MixtureDenoiser(mixture)
     gen = torch.Generator().manual_seed(0)
     for sigma in (80.0, 5.0, 1.0, 0.3, 0.05, 0.002):
         x = mixture.sample(200, generator=gen) + sigma * torch.randn(200, mixture.dim, generator=gen,
                                                                       dtype=torch.float64)
         ref = mixture.denoise(x, sigma)
         assert torch.allclose(fast(x, torch.tensor(sigma, dtype=torch.float64)), ref, rtol=1e-11, atol=1e-11)
+        assert torch.equal(fast(x, torch.full((200,), sigma, dtype=torch.float64)), fast(x, sigma))  # one shared sigma
     per_row = torch.linspace(0.01, 3.0, 200, dtype=torch.float64)
     assert torch.allclose(fast(x, per_row), mixture.denoise(x, per_row), rtol=1e-12, atol=1e-12)
 
 
 def test_exact_endpoint_is_converged():
     mixture = GaussianMixture.ring2d()
-    x_t = torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * bench.SIGMA_MAX
-    a, nfev = bench.exact_endpoint(mixture, x_t)
-    b, _ = bench.exact_endpoint(mixture, x_t, rtol=1e-12)
+    x_t = torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * SIGMA_MAX
+    a, nfev = exact_endpoint(mixture, x_t)
+    b, _ = exact_endpoint(mixture, x_t, rtol=1e-12)
     assert nfev > 100
     assert float((a - b).norm(dim=1).max()) < 1e-6
 
 
-def test_target_check_and_sampler_parsing():
+def test_prepare_draws_the_start_of_each_family():
+    ring = Problem("ring2d", GaussianMixture.ring2d, 2, 5)
+    edm = harness.prepare(EDM_FAMILY, ring, 8, 3)
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert torch.equal(edm.start, noise * SIGMA_MAX) and edm.exact.shape == (3, 2) and edm.data.shape == (8, 2)
+    psld = harness.prepare(PSLD_FAMILY, ring, 8, 3)
+    assert psld.start.shape == (8, 4) and torch.equal(psld.start[:, :2], noise)  # z = (x, m): x first, then m
+    assert psld.exact.shape == (3, 2) and psld.exact_nfev > 0
+
+
+def test_runs_are_counted(monkeypatch):
+    prep = harness.prepare(EDM_FAMILY, Problem("ring2d", GaussianMixture.ring2d, 2, 5), 4, 4)
+
+    def one_extra_call(model, x, sigmas, *, noise=None, callback=None):
+        model(x, sigmas[0])
+        for s in sigmas[:-1]:
+            x = model(x, s)
+        return x
+
+    monkeypatch.setitem(SAMPLERS, "liar", SamplerSpec("liar", one_extra_call, one_call_per_step, "test"))
+    sigmas = harness.grid(EDM_FAMILY, "liar", "karras", 5)
+    with pytest.raises(RuntimeError, match="made 6 network calls"):
+        harness.run(EDM_FAMILY, prep, "liar", sigmas, 5, 4, 0)
+
+
+def test_nfe_rules_and_sampler_selection():
+    assert harness.runnable_nfe("heun", 10, round_down=False) is None  # heun makes odd NFE only: n/a
+    assert harness.runnable_nfe("heun", 10, round_down=True) == 9
+    assert harness.runnable_nfe("nse", 4, round_down=True) == 3  # 2 calls per step: 2 n + 1
+    assert harness.parse_sampler("ipndm@logsnr") == ("ipndm", "logsnr")
+    assert harness.parse_sampler("unipc") == ("unipc", "logsnr")
+    with pytest.raises(UserError, match="unknown sampler"):
+        harness.parse_sampler("nope")
+    with pytest.raises(UserError, match="is a psld sampler"):
+        harness.select_samplers(EDM_FAMILY, ["ddim", "em"])
+    assert {"euler", "heun", "ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim",
+            "conjugate-ddim", "ipndm@tuned", "lambda-ddim@tuned", "dpmpp-2m@tuned"} <= set(edm_bench.default_samplers())
+    assert {"em", "sscs", "psld-conj", "csps-s"} <= set(psld_samplers.default_samplers())
+
+
+def test_edm_target_check():
     rows = [{"problem": "ring2d", "nfe": nfe, "sampler": s, "schedule": sch, "error": e}
             for nfe in (5, 10) for s, sch, e in (("dpmpp-2m", "logsnr", 1.0), ("dpmpp-2m", "karras", 1.5),
                                                  ("dpmpp-2m", "tuned", 0.2), ("ipndm", "x", 0.4 if nfe == 5 else 0.6),
                                                  ("heun", "x", None))]
-    out = bench.target_check(rows, [bench.PROBLEMS[0]])
+    out = edm_bench.target_check(rows, [EDM_PROBLEMS[0]])
     assert out["cases"]["ring2d@5"]["holds"] and not out["cases"]["ring2d@10"]["holds"]
     # the baseline is 2M's better of logsnr and karras; 2M on the tuned grid is reported, not a baseline or candidate
     assert out["cases"]["ring2d@5"]["best"] == "ipndm@x" and out["cases"]["ring2d@5"]["baseline"] == 1.0
     assert out["cases"]["ring2d@5"]["ratio_vs_tuned"] == pytest.approx(2.0)
     assert out["holds_by_dim"] == {"2": False}
-    assert bench.parse_sampler("ipndm@logsnr") == ("ipndm", "logsnr")
-    assert bench.parse_sampler("unipc") == ("unipc", "logsnr")
-    with pytest.raises(UserError, match="unknown sampler"):
-        bench.parse_sampler("nope")
-    assert {"euler", "heun", "ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim",
-            "conjugate-ddim", "ipndm@tuned", "lambda-ddim@tuned", "dpmpp-2m@tuned"} <= set(bench.default_samplers())
 
 
-def test_quick_run_end_to_end(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", "samplers", "--quick", "--out", str(tmp_path),
-                              "--samplers", "dpmpp-2m,lambda-ddim,heun,ipndm@logsnr"])
-    args.func(args)
+def test_psld_target_check():
+    def row(sampler, nfe, value):
+        return {"problem": "p", "sampler": sampler, "schedule": "quadratic", "nfe": nfe, "mmd": value}
+
+    rows = [row("csps-s", 20, 0.1), row("sps-s", 20, 0.2), row("em", 20, 0.5), row("em", 100, 0.3),
+            row("sscs", 50, 0.09), row("em", 200, 0.05)]
+    assert psld_samplers.target_check(rows)["p"] == {"best": "csps-s@quadratic", "mmd": 0.1,
+                                                     "baseline_reaches_at": (50, "sscs@quadratic"), "holds": False}
+    assert psld_samplers.target_check(rows[:4])["p"]["holds"]  # never reached
+
+
+def test_grid_search_refines_around_the_coarse_best():
+    calls = []
+
+    def value(v):
+        calls.append(v)
+        return (v - 0.0123) ** 2
+
+    best, values = tuning.grid_search(value, [-0.02, 0.01, 0.04], refine_step=0.001)
+    assert best == 0.012 and values[0.012] == pytest.approx(0.0003**2)
+    assert len(calls) == len(values) == 3 + 8  # the coarse best is not evaluated twice
+
+
+def test_bench_help_lists_both_sampler_entries(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "samplers" in out and "psld-samplers" in out and "throughput" in out
+
+
+def test_edm_entry_end_to_end(tmp_path):
+    assert cli_main(["bench", "samplers", "--quick", "--out", str(tmp_path),
+                     "--samplers", "dpmpp-2m,lambda-ddim,heun,ipndm@logsnr"]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     for key in ("command", "versions", "git_commit", "device", "timestamp", "protocol", "problems", "results",
                 "target", "seconds"):
         assert key in result, key
     assert result["versions"]["torch"] == torch.__version__
     assert set(result["problems"]) == {"ring2d", "benchmark64"}
-    assert len(result["results"]) == 2 * 4 * len(bench.QUICK_NFES)
-    heun = {r["nfe"]: r["error"] for r in result["results"] if r["sampler"] == "heun" and r["problem"] == "ring2d"}
-    assert heun[10] is None and heun[5] is not None  # heun cannot make an even NFE: recorded as n/a
+    assert len(result["results"]) == 2 * 4 * len(edm_bench.QUICK_NFES)
+    heun = {r["nfe"]: r for r in result["results"] if r["sampler"] == "heun" and r["problem"] == "ring2d"}
+    assert heun[10]["error"] is None and heun[10]["nfe_run"] is None  # heun cannot make an even NFE: n/a
+    assert heun[5]["error"] is not None and heun[5]["nfe_run"] == 5
     ok = [r for r in result["results"] if r["error"] is not None]
-    assert all(r["error"] >= 0 and r["sw2"] >= 0 for r in ok)
+    assert all(r["error"] >= 0 and r["sw2"] >= 0 and r["nfe_run"] == r["nfe"] for r in ok)
     assert set(result["target"]["cases"]) == {"ring2d@5", "ring2d@10", "benchmark64@5", "benchmark64@10"}
     md = (tmp_path / "results.md").read_text()
     assert "| heun@karras |" in md and "n/a" in md and "## Target" in md
-    assert (tmp_path / "error_vs_nfe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result["seconds"] < 30
+    assert (tmp_path / "error_vs_nfe.png").read_bytes()[:8] == PNG
+
+
+def test_psld_entry_end_to_end(tmp_path):
+    assert cli_main(["bench", "psld-samplers", "--n", "32", "--n-exact", "4", "--nfe", "4,20",
+                     "--samplers", "em,nse,psld-conj", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["problems"]) == {"ring2d", "benchmark64"}
+    assert result["problems"]["ring2d"]["n_exact"] == 4 and result["protocol"]["nfe"] == [4, 20]
+    rows = {(r["problem"], r["sampler"], r["nfe"]): r for r in result["results"]}
+    assert len(rows) == 2 * 3 * 2
+    assert rows["ring2d", "nse", 4]["nfe_run"] == 3 and rows["ring2d", "nse", 20]["nfe_run"] == 19  # 2 n + 1
+    assert rows["ring2d", "em", 20]["error"] is None and rows["ring2d", "em", 20]["mmd"] >= 0  # stochastic: no error
+    assert rows["benchmark64", "psld-conj", 4]["error"] > 0
+    assert result["target"]["ring2d"]["best"] in ("psld-conj@quadratic", "nse@quadratic")
+    md = (tmp_path / "results.md").read_text()
+    assert "| nse@quadratic |" in md and "(19)" in md and "## Target" in md and "## Tuned hyperparameters" in md
+    assert (tmp_path / "error_vs_nfe.png").read_bytes()[:8] == PNG

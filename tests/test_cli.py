@@ -5,9 +5,13 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from fastdiffusion.cli import build_parser, main
+from fastdiffusion.seeds import format_seeds, parse_seeds
+from fastdiffusion.training.config import PRESETS
 
 TINY = ["--data", "digits", "--net", "ddpmpp-tiny", "--batch", "16", "--steps", "4", "--ckpt-every", "4",
         "--grid-images", "4", "--grid-nfe", "3", "--quiet"]
@@ -84,3 +88,34 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastdiffusion.cli", "sample", str(bad)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and str(bad) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_preset_is_one_line_naming_the_presets(tmp_path, capsys):
+    assert main(["train", "--preset", "nope", "--run-dir", str(tmp_path / "x"), "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unknown preset 'nope'" in lines[0] and all(name in lines[0] for name in PRESETS)
+    assert not (tmp_path / "x").exists()
+
+
+def test_preset_and_config_together_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "demo", "--config", str(tmp_path / "c.json"), "--run-dir", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=30))
+def test_format_seeds_inverts_parse_seeds(seeds):
+    assert parse_seeds(format_seeds(seeds)) == seeds
+
+
+def test_format_seeds_writes_runs_as_ranges():
+    assert format_seeds([0, 1, 2, 5, 7, 8, 3]) == "0-2,5,7-8,3"
+
+
+def test_module_eval_cli_reports_errors_without_the_top_level_cli(tmp_path):
+    """The sub-CLIs share cli_args.dispatch; running one never imports fastdiffusion.cli (no import circle)."""
+    script = ("import sys; from fastdiffusion.metrics.cli import main; "
+              f"code = main([{str(tmp_path / 'missing.npz')!r}]); sys.exit(99 if 'fastdiffusion.cli' in sys.modules "
+              "else code)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

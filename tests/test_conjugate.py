@@ -7,9 +7,11 @@ from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
 import fastdiffusion as fd
-from fastdiffusion.bench.samplers import MixtureDenoiser, exact_endpoint
+from fastdiffusion.bench.edm_exact import MixtureDenoiser, exact_endpoint
 from fastdiffusion.data.gmm import GaussianMixture
+from fastdiffusion.processes.edm import EDM_PF_ODE
 from fastdiffusion.samplers import classic, conjugate, make_sigmas, multistep
+from fastdiffusion.samplers.counted import CountedModel
 
 RING = GaussianMixture.ring2d()
 DENOISE = MixtureDenoiser(RING)
@@ -45,8 +47,8 @@ def test_lambda_ddim_with_lambda_zero_is_ddim():
 @pytest.mark.parametrize("lam", [0.0, -0.012, 0.02, -0.3])
 def test_edm_closed_form_matches_quadrature(lam):
     ts = make_sigmas("karras", 9, 0.002, 80.0)[:-1].tolist()
-    closed = conjugate.phi_coefficients(conjugate.EDM_PF_ODE, ts, lam)
-    quad = conjugate.phi_coefficients(conjugate.EDM_PF_ODE, ts, lam, method="quadrature")
+    closed = conjugate.phi_coefficients(EDM_PF_ODE, ts, lam)
+    quad = conjugate.phi_coefficients(EDM_PF_ODE, ts, lam, method="quadrature")
     assert torch.allclose(closed.P, quad.P, rtol=1e-10, atol=1e-12)
     assert torch.allclose(closed.Q, quad.Q, rtol=1e-10, atol=1e-12)
     h = -np.diff(ts)
@@ -113,14 +115,9 @@ def test_lambda_table_and_interpolation():
 @pytest.mark.parametrize("sampler", ["lambda-ddim", "conjugate-ddim"])
 @pytest.mark.parametrize("nfe", [1, 2, 5, 10, 13])
 def test_nfe_accounting(sampler, nfe):
-    calls = []
-
-    def model(x, sigma):
-        calls.append(1)
-        return RING.denoise(x, sigma)
-
+    model = CountedModel(RING.denoise)
     out = fd.sample(model, torch.randn(4, 2), sampler=sampler, nfe=nfe)
-    assert len(calls) == nfe
+    assert model.calls == nfe
     assert torch.isfinite(out).all()
 
 

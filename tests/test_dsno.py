@@ -12,7 +12,7 @@ from fastdiffusion.cli import main as cli_main
 from fastdiffusion.distill import TrajectorySet, generate_trajectories, output_steps, read_manifest
 from fastdiffusion.distill.cli import add_parser
 from fastdiffusion.errors import UserError
-from fastdiffusion.model import load_model
+from fastdiffusion.models import load_model
 from fastdiffusion.nets import build_net, net_config
 from fastdiffusion.nets.operator import TimeConv
 from fastdiffusion.sampling import generate, sample

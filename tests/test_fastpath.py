@@ -18,7 +18,7 @@ from fastdiffusion.cli import build_parser, main
 from fastdiffusion.cli_args import fast_path_options
 from fastdiffusion.errors import UserError
 from fastdiffusion.fastpath import PRECISIONS, FastPath, SamplingNet, accelerate, fast_path_of
-from fastdiffusion.model import build_model, load_model, save_model
+from fastdiffusion.models import build_model, load_model, save_model
 from fastdiffusion.nets import net_config
 from fastdiffusion.plots import to_uint8
 from fastdiffusion.processes import make_process

@@ -332,6 +332,7 @@ import torch.distributed as dist
 from fastdiffusion.data import load_dataset
 from fastdiffusion.metrics import evaluate
 from fastdiffusion.metrics.fid import image_stats
+from fastdiffusion.training.distributed import rank_world
 
 torch.set_num_threads(1)
 report = evaluate(sys.argv[1], metrics="fd-digits,memorization", n=10, sampler="euler", nfe=2, batch=3,
@@ -341,7 +342,7 @@ x = load_dataset("digits32", split="test").x[:7]
 stats = image_stats(x, lambda u8: (u8.float().flatten(1) / 255) @ proj, batch=2)
 if dist.get_rank() == 0:
     out = {"fd": report["results"]["fd-digits"]["value"], "world": report["environment"]["world_size"],
-           "n": stats.n, "mu": stats.mu.tolist(), "sigma": stats.sigma.tolist()}
+           "rank_world": rank_world(), "n": stats.n, "mu": stats.mu.tolist(), "sigma": stats.sigma.tolist()}
     open(sys.argv[2], "w").write(json.dumps(out))
 dist.destroy_process_group()
 """
@@ -353,6 +354,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_rank_world_outside_torchrun_is_rank_0_of_1():
+    from fastdiffusion.training.distributed import rank_world
+
+    assert rank_world() == (0, 1)
 
 
 def test_two_rank_gloo_evaluate_and_sharded_stats_match_one_process(tmp_path):
@@ -372,7 +379,7 @@ def test_two_rank_gloo_evaluate_and_sharded_stats_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(out.read_text())
     one = evaluate(str(run), metrics="fd-digits", n=10, sampler="euler", nfe=2, batch=4, device="cpu")
-    assert two["world"] == 2
+    assert two["world"] == 2 and two["rank_world"] == [0, 2]
     assert two["fd"] == pytest.approx(one["results"]["fd-digits"]["value"], rel=1e-4)
     proj = torch.randn(3 * 32 * 32, 5, generator=torch.Generator().manual_seed(0))
     ref = image_stats(load_dataset("digits32", split="test").x[:7], lambda u8: (u8.float().flatten(1) / 255) @ proj)

@@ -6,9 +6,10 @@ import torch
 from reference_samplers import load_k_diffusion_sampling
 
 import fastdiffusion as fd
-from fastdiffusion.bench.samplers import MixtureDenoiser, exact_endpoint
+from fastdiffusion.bench.edm_exact import MixtureDenoiser, exact_endpoint
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.samplers import classic, get_sampler, make_sigmas, multistep
+from fastdiffusion.samplers.counted import CountedModel
 
 # A smooth mixture (wide, overlapping components): the PF-ODE is smooth, so asymptotic orders show at modest N.
 SMOOTH = GaussianMixture.random(3, 4, seed=5, spread=1.0, component_std=0.5)
@@ -90,19 +91,10 @@ def test_phi_weights_series_and_recursion_agree():
     assert np.allclose(a, b, rtol=1e-9)
 
 
-class Counter:
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, x, sigma):
-        self.calls += 1
-        return SMOOTH.denoise(x, sigma)
-
-
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "ipndm"])
 @pytest.mark.parametrize("nfe", [1, 2, 3, 5, 10, 12])
 def test_nfe_accounting(sampler, nfe):
-    model = Counter()
+    model = CountedModel(SMOOTH.denoise)
     out = fd.sample(model, torch.randn(4, 3), sampler=sampler, nfe=nfe)
     assert model.calls == nfe
     assert torch.isfinite(out).all()
@@ -111,7 +103,7 @@ def test_nfe_accounting(sampler, nfe):
 @pytest.mark.parametrize(("sampler", "opts"), [("unipc", {"order": 1}), ("unipc", {"order": 2}),
                                                ("ipndm", {"order": 2})])
 def test_nfe_accounting_with_options(sampler, opts):
-    model = Counter()
+    model = CountedModel(SMOOTH.denoise)
     fd.sample(model, torch.randn(4, 3), sampler=sampler, nfe=7, **opts)
     assert model.calls == 7
 

@@ -9,11 +9,11 @@ from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
 import fastdiffusion as fd
+from fastdiffusion.bench.psld_exact import PSLDMixtureEps
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.errors import UserError
 from fastdiffusion.processes import make_process, process_from_config
 from fastdiffusion.processes.psld import PSLD, apply_block, critical_flow, join, split
-from fastdiffusion.processes.psld_exact import PSLDMixtureEps
 
 TIMES = [1e-5, 1e-3, 0.05, 0.3, 1.0]
 

@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import fastdiffusion.checkpoint as checkpoint
-import fastdiffusion.training.loop as loop
 from fastdiffusion.errors import UserError
-from fastdiffusion.model import load_model
+from fastdiffusion.models import load_model
 from fastdiffusion.outputs import write_samples
+from fastdiffusion.processes import FDM
 from fastdiffusion.training import TrainConfig, train
 from fastdiffusion.training.lock import RunLock
 
@@ -195,15 +195,15 @@ def test_checkpoint_of_another_network_or_process_is_refused(two_ckpts, record_f
 
 @pytest.mark.parametrize("policy", ["rollback", "abort"])
 def test_non_finite_steps_are_skipped_then_rolled_back_or_aborted(tmp_path, monkeypatch, policy, record_fault):
-    real_loss, calls = loop.denoising_loss, {"n": 0}
+    real_loss, calls = FDM.training_loss, {"n": 0}
     bad_steps = {1} | set(range(4, 7))  # one isolated fault, then three in a row
 
-    def poisoned(model, batch, process, step):
+    def poisoned(self, model, x0, sigma, noise, step):
         calls["n"] += 1
-        loss = real_loss(model, batch, process, step)
+        loss = real_loss(self, model, x0, sigma, noise, step)
         return loss * float("nan") if calls["n"] - 1 in bad_steps else loss
 
-    monkeypatch.setattr(loop, "denoising_loss", poisoned)
+    monkeypatch.setattr(FDM, "training_loss", poisoned)
     config = cfg(tmp_path / policy, steps=9, fault_limit=3, on_faults=policy)
     if policy == "abort":
         with pytest.raises(UserError, match="diverged"):

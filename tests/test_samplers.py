@@ -10,6 +10,7 @@ import fastdiffusion as fd
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.errors import UserError
 from fastdiffusion.samplers import classic, make_sigmas
+from fastdiffusion.samplers.counted import CountedModel
 
 GMM = GaussianMixture.ring2d()
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -57,33 +58,24 @@ def test_heun_beats_euler_at_equal_nfe(ode_problem):
     assert sampler_error(classic.heun, x_T, target, 64) < sampler_error(classic.euler, x_T, target, 127) / 4
 
 
-class Counter:
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, x, sigma):
-        self.calls += 1
-        return GMM.denoise(x, sigma)
-
-
 @pytest.mark.parametrize(("sampler", "nfe", "opts"), [("euler", 1, {}), ("euler", 7, {}), ("heun", 1, {}),
                                                        ("heun", 9, {}), ("heun", 35, {"churn": 5.0})])
 def test_nfe_accounting(sampler, nfe, opts):
-    model = Counter()
+    model = CountedModel(GMM.denoise)
     fd.sample(model, torch.randn(4, 2), sampler=sampler, nfe=nfe, **opts)
     assert model.calls == nfe
 
 
 def test_heun_even_nfe_is_a_clear_error():
     with pytest.raises(UserError, match="odd --nfe"):
-        fd.sample(Counter(), torch.randn(4, 2), sampler="heun", nfe=10)
+        fd.sample(CountedModel(GMM.denoise), torch.randn(4, 2), sampler="heun", nfe=10)
 
 
 def test_unknown_sampler_and_option():
     with pytest.raises(UserError, match="unknown sampler"):
-        fd.sample(Counter(), torch.randn(4, 2), sampler="nope", nfe=5)
+        fd.sample(CountedModel(GMM.denoise), torch.randn(4, 2), sampler="nope", nfe=5)
     with pytest.raises(UserError, match="no option"):
-        fd.sample(Counter(), torch.randn(4, 2), sampler="euler", nfe=5, churn=1.0)
+        fd.sample(CountedModel(GMM.denoise), torch.randn(4, 2), sampler="euler", nfe=5, churn=1.0)
 
 
 @pytest.fixture(scope="module")

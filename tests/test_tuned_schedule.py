@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fastdiffusion as fd
-from fastdiffusion.bench import samplers as bench
-from fastdiffusion.bench.samplers import MixtureDenoiser, exact_endpoint
+from fastdiffusion.bench import tuning as bench
+from fastdiffusion.bench.edm_exact import MixtureDenoiser, exact_endpoint
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.samplers import get_sampler, make_sigmas, tuned
 

@@ -30,7 +30,7 @@ from fastdiffusion.bench.timing import timed_windows
 from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.data import load_dataset
 from fastdiffusion.metrics.digits_classifier import fd_digits
-from fastdiffusion.model import load_model
+from fastdiffusion.models import load_model
 from fastdiffusion.nets.cunet import ODEBlock
 from fastdiffusion.nets.profile import count_flops, profile_net
 from fastdiffusion.sampling import generate

@@ -30,7 +30,7 @@ from fastdiffusion.bench.provenance import provenance
 from fastdiffusion.checkpoint import META_KEY, atomic_write_bytes, atomic_write_json, state_dict_cpu
 from fastdiffusion.cli_args import parse_kv
 from fastdiffusion.metrics.digits_classifier import fd_digits
-from fastdiffusion.model import model_meta
+from fastdiffusion.models import model_meta
 from fastdiffusion.sampling import generate
 from fastdiffusion.training import TrainConfig, Trainer
 

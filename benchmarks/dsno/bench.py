@@ -26,9 +26,9 @@ from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.distill import generate_trajectories
 from fastdiffusion.errors import UserError
 from fastdiffusion.metrics.digits_classifier import fd_digits
-from fastdiffusion.model import load_model
+from fastdiffusion.models import load_model
 from fastdiffusion.sampling import generate
-from fastdiffusion.seeds import parse_seeds
+from fastdiffusion.seeds import format_seeds, parse_seeds
 
 FAST_SAMPLERS = ("euler", "dpmpp-2m", "dpmpp-3m", "ipndm", "unipc", "lambda-ddim", "ipndm@tuned", "lambda-ddim@tuned",
                  "dpmpp-2m@tuned")  # name@schedule: the default schedule unless one is named
@@ -76,7 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     teacher = load_model(args.teacher, device=DEVICE)
     result = {**provenance(DEVICE), "protocol": {
         "metric": "FD-digits (64-d classifier features)", "reference": "digits32 test split (360)",
-        "n_generated": args.n_eval, "seeds": f"{seeds[0]}-{seeds[-1]} (no training trajectory uses them)",
+        "n_generated": args.n_eval, "seeds": f"{format_seeds(seeds)} (no training trajectory uses them)",
         "teacher_reference": "heun 35 NFE", "network": "bf16 autocast, fp32 sampler state"},
         "teacher": [], "students": {}, "seconds_per_image": {}}
     ref = draw(teacher, seeds, 1000, sampler="heun", nfe=35)

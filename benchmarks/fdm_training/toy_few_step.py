@@ -24,7 +24,7 @@ Controlled test with exact scores:
 * **Sampling error** (EMA weights): fixed standard-normal noise (``--n-sample`` points), ``fastdiffusion.sample`` with
   ``heun`` (karras, odd NFE only) and ``dpmpp-2m`` (logsnr) at each NFE in ``NFES``, sigma in [0.002, 80]. Metrics:
   RMS distance ``sqrt(mean ||x - x_exact||^2)`` to the exact PF-ODE endpoint of the same noise
-  (``fastdiffusion.bench.samplers.exact_endpoint``, DOP853 rtol 1e-10); RMS distance to the model's *own*
+  (``fastdiffusion.bench.edm_exact.exact_endpoint``, DOP853 rtol 1e-10); RMS distance to the model's *own*
   converged endpoint (heun at ``LIMIT_NFE``: pure discretisation error of the learned ODE); sliced W2 to fresh
   mixture samples (``fastdiffusion.metrics.sliced``). The exact denoiser run through the same samplers is the
   discretisation-only baseline.
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import tempfile
 import time
 from collections.abc import Iterator
@@ -53,12 +52,13 @@ import torch
 from torch import Tensor
 
 import fastdiffusion.training.loop as loop
+from fastdiffusion.bench.edm_exact import MixtureDenoiser, exact_endpoint
 from fastdiffusion.bench.provenance import provenance
-from fastdiffusion.bench.samplers import MixtureDenoiser, exact_endpoint
-from fastdiffusion.checkpoint import atomic_write_bytes, atomic_write_json
+from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.data import Dataset
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.metrics.sliced import sliced_wasserstein
+from fastdiffusion.plots import figure, save_figure
 from fastdiffusion.processes import make_process
 from fastdiffusion.samplers import get_sampler, make_sigmas
 from fastdiffusion.sampling import sample
@@ -257,15 +257,11 @@ def summarise(runs: list[dict]) -> dict:
 
 # -- output ------------------------------------------------------------------------------------------------------------
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
     import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     colors = {"edm": "tab:blue", "fdm-edm": "tab:orange", "exact": "black"}
     styles = {"heun": "-", "dpmpp-2m": "--"}
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    fig, axes = figure(ncols=3, figsize=(17, 5))
     ax = axes[0]
     sig = np.asarray(SIGMAS)
     for proc in PROCESSES:
@@ -297,10 +293,7 @@ def plot(result: dict, path: Path) -> None:
     fig.suptitle(f"EDM vs FDM-EDM on a toy mixture ({result['config']['data']}, {result['config']['steps']} steps, "
                  f"{result['config']['seeds']} seeds)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def fmt_table(result: dict) -> str:

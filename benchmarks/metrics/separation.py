@@ -26,7 +26,7 @@ from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.data import load_dataset
 from fastdiffusion.metrics.digits_classifier import digits_features, fd_digits
 from fastdiffusion.metrics.quality import memorization
-from fastdiffusion.model import load_model
+from fastdiffusion.models import load_model
 from fastdiffusion.sampling import generate
 
 HERE = Path(__file__).resolve().parent

@@ -20,7 +20,7 @@ from fastdiffusion.bench.provenance import provenance
 from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.fastpath import accelerate, fast_path_of
 from fastdiffusion.metrics.digits_classifier import fd_digits
-from fastdiffusion.model import load_model
+from fastdiffusion.models import load_model
 from fastdiffusion.sampling import generate
 
 EAGER_FP32 = {"precision": "fp32", "channels_last": False, "compile": False, "cudnn_benchmark": False}

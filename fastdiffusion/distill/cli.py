@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from ..cli_args import (
@@ -14,25 +13,17 @@ from ..cli_args import (
     add_sampling_arguments,
     config_overrides,
     fast_path_options,
+    parse_kv,
     positive_int,
 )
 
 
 def _trajectories(args: argparse.Namespace) -> None:
-    from ..errors import UserError
     from ..seeds import parse_seeds
     from ..training import distributed
     from .trajectories import generate_trajectories
 
-    hyper = {}
-    for item in args.opt or []:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise UserError(f"--opt {item!r}: expected KEY=VALUE")
-        try:
-            hyper[key] = json.loads(value)
-        except json.JSONDecodeError:
-            hyper[key] = value
+    hyper = parse_kv(args.opt, "--opt")
     d = distributed.setup(args.device)
     try:
         generate_trajectories(args.model, args.out, parse_seeds(args.seeds), sampler=args.sampler, nfe=args.nfe,

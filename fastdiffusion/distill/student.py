@@ -50,10 +50,9 @@ from ..checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
-from ..denoiser import OneStepGenerator
 from ..errors import UserError
 from ..fastpath import FastPath
-from ..model import load_model, model_meta, resolve_model_file
+from ..models import OneStepGenerator, load_model, model_meta, resolve_model_file
 from ..nets import build_net, net_config
 from ..plots import save_samples
 from ..training import distributed

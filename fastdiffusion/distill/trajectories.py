@@ -46,10 +46,11 @@ from tqdm.auto import tqdm
 from ..checkpoint import atomic_write_bytes, atomic_write_json, sha256
 from ..errors import UserError
 from ..fastpath import accelerate
-from ..model import load_model, model_meta, resolve_model_file
+from ..models import load_model, model_meta, resolve_model_file
 from ..samplers import make_sigmas
 from ..sampling import check_sampler_args, model_family, sample, sampling_range
-from ..seeds import SeededNoise
+from ..seeds import SeededNoise, seed_runs
+from ..training.distributed import rank_world
 
 __all__ = ["TrajectorySet", "generate_trajectories", "output_steps", "read_manifest", "shard_status",
            "size_estimate", "teacher_states"]
@@ -111,17 +112,6 @@ def _human(n: float) -> str:
     raise AssertionError
 
 
-def _seed_ranges(seeds: Sequence[int]) -> list[list[int]]:
-    """[0, 1, 2, 5] -> [[0, 2], [5, 5]]: the seed list, compactly (inclusive runs of consecutive seeds)."""
-    runs: list[list[int]] = []
-    for s in seeds:
-        if runs and s == runs[-1][1] + 1:
-            runs[-1][1] = s
-        else:
-            runs.append([s, s])
-    return runs
-
-
 def _expand(runs: list[list[int]]) -> list[int]:
     return [s for lo, hi in runs for s in range(lo, hi + 1)]
 
@@ -159,7 +149,7 @@ def _plan(model: nn.Module, teacher: dict, seeds: Sequence[int], *, sampler: str
         "times": times, "grid": grid, "tau": [(m / times) ** GRIDS[grid] for m in range(times)],
         "step_index": steps, "sigmas": sigmas, "cond_sigmas": [s if s > 0 else last_positive for s in sigmas],
         "data_shape": list(model.data_shape), "dtype": dtype, "shard_size": shard_size,
-        "num_seeds": len(seeds), "seeds": _seed_ranges(seeds),
+        "num_seeds": len(seeds), "seeds": seed_runs(seeds),
         "shards": [{"file": _shard_name(i), "count": c} for i, c in enumerate(counts)],
     }
 
@@ -205,12 +195,6 @@ def _same_settings(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
 def _barrier() -> None:
     import torch.distributed as dist
 
@@ -239,7 +223,7 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
     teacher["meta"] = model_meta(model)
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
-    default_rank, default_world = _dist()
+    default_rank, default_world = rank_world()
     rank = default_rank if rank is None else rank
     world = default_world if world is None else world
     seeds = [int(s) for s in seeds]

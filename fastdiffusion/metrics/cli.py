@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_args import add_fast_path_arguments, fast_path_options, parse_kv, positive_int
+from ..cli_args import add_fast_path_arguments, dispatch, fast_path_options, parse_kv, positive_int
 
 __all__ = ["add_parser", "cmd_eval", "main"]
 
@@ -115,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["eval", *argv]  # `python -m fastdiffusion.metrics.cli ARGS` means `fastdiffusion eval ARGS`
     args = parser.parse_args(argv)
     args.argv = argv
-    from ..cli import dispatch
-
     return dispatch(args)
 
 

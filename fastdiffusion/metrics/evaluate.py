@@ -36,8 +36,9 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..seeds import format_seeds
 
-__all__ = ["DEFAULT_N", "METRICS", "Reference", "compact_seeds", "evaluate", "parse_reference"]
+__all__ = ["DEFAULT_N", "METRICS", "Reference", "evaluate", "parse_reference"]
 
 METRICS = ("fd-digits", "prdc", "memorization", "fid", "sliced", "gmm-nll")
 DEFAULT_N = 1000
@@ -100,24 +101,6 @@ class Reference:
                 ds = load_dataset(spec, resolution=resolution, split=split)
             self.cache[key] = ds
         return self.cache[key]
-
-
-def compact_seeds(seeds: Sequence[int] | None) -> str | None:
-    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (the --seeds syntax)."""
-    if seeds is None:
-        return None
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        return ""
-    parts, start, prev = [], seeds[0], seeds[0]
-    for s in [*seeds[1:], None]:
-        if s is not None and s == prev + 1:
-            prev = s
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if s is not None:
-            start = prev = s
-    return ",".join(parts)
 
 
 def parse_reference(reference: str | Path | None, data: str | None, kind: str) -> Reference:
@@ -219,7 +202,7 @@ def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sam
         x = obj.detach().float().cpu()
         kind = "image" if x.ndim == 4 else "points"
         protocol = {"source": "in-memory samples", "sampler": None, "nfe": None, "weights": None,
-                    "seeds": seeds if isinstance(seeds, str) or seeds is None else compact_seeds(seeds)}
+                    "seeds": seeds if isinstance(seeds, str) or seeds is None else format_seeds(seeds)}
         return _Samples(_take(x, n, "samples"), kind, protocol)
     if isinstance(obj, (str, Path)):
         p = Path(obj).expanduser()
@@ -230,10 +213,10 @@ def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sam
             x = _take(x, n, str(p))
             protocol = {"source": str(p), "source_sha256": sha256(p) if p.is_file() else None, "sampler": None,
                         "nfe": None, "weights": None,
-                        "seeds": compact_seeds(file_seeds[: len(x)]) if file_seeds else None}
+                        "seeds": format_seeds(file_seeds[: len(x)]) if file_seeds else None}
             return _Samples(x, kind, protocol)
         from ..fastpath import accelerate
-        from ..model import load_model, resolve_model_file
+        from ..models import load_model, resolve_model_file
 
         file = resolve_model_file(p, ema)
         model = accelerate(load_model(p, ema=ema, device=device), device, **fast)
@@ -252,7 +235,7 @@ def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sam
         x = generate(model, seed_list, batch=batch, device=device, sampler=sampler, nfe=nfe, progress=progress,
                      **gen_options)
     kind = "image" if x.ndim == 4 else "points"
-    protocol = {**source, "sampler": sampler, "nfe": nfe, "seeds": compact_seeds(seed_list),
+    protocol = {**source, "sampler": sampler, "nfe": nfe, "seeds": format_seeds(seed_list),
                 **({"sampler_options": gen_options} if gen_options else {})}
     return _Samples(x.float().cpu(), kind, protocol, data)
 

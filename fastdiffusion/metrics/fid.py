@@ -122,9 +122,9 @@ def image_stats(
     Under torchrun each rank extracts rows rank::world and the sums are all-reduced, so every rank returns the
     statistics of all N images.
     """
-    import torch.distributed as dist
+    from ..training.distributed import rank_world
 
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     mine = x[rank::world]
     stats = FeatureStats()
     for lo in range(0, mine.shape[0], batch):

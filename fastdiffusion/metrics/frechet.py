@@ -38,8 +38,8 @@ def _sym(a: np.ndarray) -> np.ndarray:
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """tr (Σ1^½ Σ2 Σ1^½)^½ for symmetric PSD Σ1, Σ2, by two symmetric eigen-decompositions in float64."""
-    lam, vec = np.linalg.eigh(_sym(np.asarray(sigma1, dtype=np.float64)))
-    root1 = (vec * np.sqrt(np.clip(lam, 0.0, None))) @ vec.T
+    eigval, vec = np.linalg.eigh(_sym(np.asarray(sigma1, dtype=np.float64)))
+    root1 = (vec * np.sqrt(np.clip(eigval, 0.0, None))) @ vec.T
     inner = _sym(root1 @ np.asarray(sigma2, dtype=np.float64) @ root1)
     nu = np.linalg.eigvalsh(inner)
     return float(np.sqrt(np.clip(nu, 0.0, None)).sum())
@@ -178,7 +178,9 @@ class FeatureStats:
         """
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        from ..training.distributed import rank_world
+
+        if rank_world()[1] == 1:
             return self
         if self.dim is None:
             raise UserError("FeatureStats.all_reduce: this rank saw no features and does not know the dimension")

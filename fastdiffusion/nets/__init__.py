@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A 32px / 16px network for a single GPU: ~7M parameters at 32px.
     "ddpmpp-small": dict(arch="ddpmpp", model_channels=64, channel_mult=[1, 2, 2], num_blocks=2,
                          attn_resolutions=[16], dropout=0.10),
-    # CPU-sized (0.75M at 16x16x1): ~5 training steps/s of batch 64 on two CPU cores; attention at 8x8 only.
+    # CPU-sized (0.75M at 16x16x1): trains on two CPU cores; attention at 8x8 only.
     "ddpmpp-tiny": dict(arch="ddpmpp", model_channels=32, channel_mult=[1, 2], num_blocks=1,
                         attn_resolutions=[8], dropout=0.0),
     # Continuous U-Nets: one weight-tied ODE block per level and one in the middle, each one RK4 step (4 evaluations
@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cunet-small": dict(arch="cunet", model_channels=24, channel_mult=[1, 2, 2, 4], augment_channels=8,
                         attn_resolutions=[8, 4], mid_attention=True, solver="rk4", solver_steps=1),
     # The same network trained with two Euler steps per ODE block: half the sequential evaluations, 0.12x the FLOPs of
-    # ddpmpp-small, faster than it per call at batch 1 on an H200 with CUDA graphs (benchmarks/cunet/results.md).
+    # ddpmpp-small, faster than it per call at batch 1 on a GPU with CUDA graphs (docs/results.md, issue 7).
     "cunet-small-euler2": dict(arch="cunet", model_channels=24, channel_mult=[1, 2, 2, 4], augment_channels=8,
                                attn_resolutions=[8, 4], mid_attention=True, solver="euler", solver_steps=2),
     # CPU-sized (~0.1M parameters): two levels, attention in the middle only.

@@ -83,9 +83,8 @@ class GroupNorm(nn.GroupNorm):
         contiguous channel axis; the group statistics follow from the law of total variance,
         ``mean_g = <mean_c>_g``, ``var_g = <var_c>_g + <(mean_c - mean_g)^2>_g`` (equal pixel counts per channel),
         and the norm is then the per-channel affine ``y = x scale_c + shift_c``. Its backward is the same kind of
-        per-channel reduction. A reduction over (pixels, channels of a group) instead strides across memory: for
-        ``dropout(silu(GN(h)))`` of a 512x256x32x32 bf16 activation, forward + backward took 2.7 ms that way and
-        1.6 ms this way (H200; benchmarks/perf/norm_ablation_micro.json). The CUDA group_norm kernel wants NCHW,
+        per-channel reduction. A reduction over (pixels, channels of a group) instead strides across memory and is
+        slower at the large shapes (docs/results.md, GroupNorm ablation). The CUDA group_norm kernel wants NCHW,
         so eager mode (and NCHW input) keeps it."""
         n, c = x.shape[:2]
         var_c, mean_c = torch.var_mean(x.float(), dim=(2, 3), correction=0)
@@ -137,8 +136,7 @@ def upsample_nearest_nhwc(x: Tensor) -> Tensor:
     """Nearest-neighbour 2x upsampling of a channels_last tensor as a broadcast, ``y[2i + a, 2j + b] = x[i, j]``.
 
     Same values as ``F.interpolate(x, scale_factor=2)``; written so for torch.compile, whose backward of this form is a
-    2x2 sum, where it lowers interpolate's backward to an atomic scatter-add (forward + backward at 512x256x16x16,
-    H200: 0.39 vs 1.60 ms; benchmarks/perf/norm_ablation_micro.json)."""
+    2x2 sum, where it lowers interpolate's backward to an atomic scatter-add, several times slower (docs/results.md)."""
     n, c, h, w = x.shape
     y = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, 2, w, 2, c).reshape(n, 2 * h, 2 * w, c)
     return y.permute(0, 3, 1, 2)

@@ -18,11 +18,6 @@ FDM_FIELDS = ("multiplier", "warmup_ite", "fdm_beta_min", "fdm_beta_d")
 PROCESS_NAMES = (*BASES, *(f"fdm-{b}" for b in BASES), "psld")
 
 
-def state_groups(name: str) -> int:
-    """Channel groups of the state a process named ``name`` diffuses: 2 for PSLD's (x, m), else 1."""
-    return PSLD.state_groups if name == "psld" else 1
-
-
 def make_process(name: str, **kwargs: Any) -> Process:
     """Build a process by name; ``kwargs`` override its constants (FDM ones: multiplier, warmup_ite, ...)."""
     if name == "psld":
@@ -54,4 +49,4 @@ def process_from_config(cfg: dict) -> Process:
 
 
 __all__ = ["EDM", "FDM", "PROCESS_NAMES", "PSLD", "Precond", "Process", "VE", "VP", "make_process",
-           "process_from_config", "state_groups"]
+           "process_from_config"]

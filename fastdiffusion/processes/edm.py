@@ -6,12 +6,17 @@ weight and the preconditioning. Default constants are EDM's (NVlabs/edm ``traini
 
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .base import Precond
+from .base import LinearPFODE, Precond
 
 
 def _device(generator: torch.Generator | None) -> torch.device | None:
@@ -22,8 +27,75 @@ def _rand(n: int, generator: torch.Generator | None) -> Tensor:
     return torch.rand(n, generator=generator, dtype=torch.float64, device=_device(generator))
 
 
+class EDMFamily(ABC):
+    """What the EDM family shares: the state is the data, the prior N(0, sigma_max^2 I), the model a denoiser
+    ``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` (EDM eq. 7) trained by ``lambda ||D - x_0||^2`` (EDM eq. 2).
+    Subclasses give ``precond``, ``scale``, ``sample_sigma``, ``loss_weight`` and ``sampling_range``."""
+
+    family: ClassVar[str] = "edm"
+    state_groups: ClassVar[int] = 1
+
+    @abstractmethod
+    def precond(self, sigma: Tensor) -> Precond:
+        """Network preconditioning coefficients at noise level sigma (EDM eq. 7)."""
+
+    @abstractmethod
+    def scale(self, sigma: Tensor) -> Tensor:
+        """Kernel mean coefficient s(sigma): ``x_t | x_0 ~ N(s x_0, s^2 sigma^2 I)`` (EDM eq. 4)."""
+
+    @abstractmethod
+    def loss_weight(self, sigma: Tensor, step: int = 0) -> Tensor:
+        """lambda(sigma) of EDM eq. 2 at training step ``step``."""
+
+    def noise_shape(self, data_shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
+        return tuple(data_shape)
+
+    def prior(self, noise: Tensor, sigma_start: Tensor, noise_fn: Callable[[Tensor], Tensor]) -> Tensor:
+        return noise * sigma_start.float()
+
+    def data_part(self, state: Tensor) -> Tensor:
+        return state
+
+    def loss_clamp(self, step: int) -> float:
+        return math.inf
+
+    def training_loss(self, model: Callable, x0: Tensor, sigma: Tensor, noise: Tensor, step: int = 0) -> Tensor:
+        """Mean over the batch of ``lambda(sigma) * mean_pixels (D(x0 + sigma n; sigma) - x0)^2`` (EDM eq. 2)."""
+        x = x0 + sigma.float().reshape((-1,) + (1,) * (x0.ndim - 1)) * noise
+        weight = self.loss_weight(sigma, step).float()
+        per_example = (model(x, sigma) - x0).square().flatten(1).mean(1)
+        return (weight * per_example).mean()
+
+    def network_output(self, net: nn.Module, x: Tensor, sigma: Tensor | float,
+                       class_labels: Tensor | None = None) -> Tensor:
+        """``c_skip x + c_out F(c_in x, c_noise)``, the outer combination in fp32 (the skip path carries most of the
+        signal at low noise)."""
+        x = x.float()
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
+        pc = self.precond(sigma)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        c_skip, c_out, c_in = (c.float().reshape(shape) for c in (pc.c_skip, pc.c_out, pc.c_in))
+        out = net(c_in * x, pc.c_noise.float(), class_labels)
+        return c_skip * x + c_out * out.float()
+
+
+def _edm_closed_form(ts: Sequence[float], b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact P, Q for Fbar = 0, H = 1, B = lam: ``P = e^{-lam dt}(1 + lam dt)``, ``Q = -expm1(-lam dt)/lam``."""
+    lam = float(b[0, 0])
+    dt = np.diff(np.asarray(ts, dtype=np.float64))
+    p = np.exp(-lam * dt) * (1 + lam * dt)
+    q = -np.expm1(-lam * dt) / lam if lam != 0 else dt
+    return p.reshape(-1, 1, 1), q.reshape(-1, 1, 1)
+
+
+# The PF-ODE of every EDM-family process in EDM time t = sigma with noise prediction eps = (x - D)/sigma:
+# dx/dsigma = eps (EDM eq. 3 with s = 1), so Fbar = 0 and H = 1 (docs/samplers.md, conjugate integrators).
+EDM_PF_ODE = LinearPFODE(fbar=lambda t: np.zeros((1, 1)), gain=lambda t: np.ones((1, 1)), k=1,
+                         key="edm-sigma-time-eps", closed_form=_edm_closed_form)
+
+
 @dataclass
-class EDM:
+class EDM(EDMFamily):
     """EDM: ln sigma ~ N(P_mean, P_std^2); lambda = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2;
     c_skip = sigma_d^2/(sigma^2+sigma_d^2), c_out = sigma sigma_d / sqrt(sigma^2+sigma_d^2),
     c_in = 1/sqrt(sigma^2+sigma_d^2), c_noise = ln(sigma)/4."""
@@ -63,7 +135,7 @@ class EDM:
 
 
 @dataclass
-class VP:
+class VP(EDMFamily):
     """VP (Song et al. 2021) in EDM's form: sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1), t ~ U(eps_t, 1);
     lambda = 1/sigma^2; c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2+1), c_noise = (M-1) t(sigma)."""
 
@@ -110,7 +182,7 @@ class VP:
 
 
 @dataclass
-class VE:
+class VE(EDMFamily):
     """VE (Song et al. 2021) in EDM's form: sigma = sigma_min (sigma_max/sigma_min)^u, u ~ U(0, 1);
     lambda = 1/sigma^2; c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma/2)."""
 

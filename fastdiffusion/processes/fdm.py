@@ -23,17 +23,18 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .base import Precond, Process
+from .base import Precond
+from .edm import EDMFamily
 
 CLAMP_START = 5.0
 CLAMP_END = 500.0
 
 
 @dataclass
-class FDM:
+class FDM(EDMFamily):
     """FDM variant of ``base`` (an EDM, VP or VE process)."""
 
-    base: Process
+    base: EDMFamily
     multiplier: float = 2.0
     warmup_ite: int = 200
     fdm_beta_min: float = 0.1

@@ -1,33 +1,23 @@
 """PSLD: Phase Space Langevin Diffusion (Pandey & Mandt 2023, arXiv 2303.01748) on the augmented state z = (x, m).
 
-Every pixel carries a pair (x, m); a batch ``z`` holds the x channels first and the m channels second, shape
-(N, 2C, ...) for data of shape (N, C, ...). The forward SDE (PSLD eq. 6-7) is linear with one 2×2 block per pair:
-
-    dz = F(t) z dt + G(t) dW,   F(t) = β(t)/2 · F̃,  F̃ = [[−Γ, M⁻¹], [−1, −ν]],   G Gᵀ = β(t) D̃,  D̃ = diag(Γ, Mν)
-
-with critical damping (ν − Γ)² = 4 M⁻¹ (M⁻¹ is derived from Γ and ν), β(t) = β_min + t (β_max − β_min) and
-b(t) = ∫₀ᵗ β. The stationary law N(0, diag(1, M)) is the prior.
-
-Kernel (derived here): F̃ = λI + N with λ = −(Γ + ν)/2 and N² = 0 (critical damping), so with u = b(t)
-
-    μ(t) = exp(u F̃ / 2) = e^{λu/2} (I + (u/2) N)
-    Σ(t) = μ Σ₀ μᵀ + 2 [D̃ I₀ + (N D̃ + D̃ Nᵀ) I₁ + N D̃ Nᵀ I₂],   I_k = ∫₀^{u/2} r^k e^{2λr} dr
-
-and z_t | z₀ ~ N(μ(t) z₀, Σ(t)). Hybrid score matching (HSM, the default) marginalises m₀ ~ N(0, γM): z₀ = (x₀, 0),
-Σ₀ = diag(0, γM). Denoising score matching (DSM) draws m₀ and uses Σ₀ = 0. With Σ_t = L_t L_tᵀ (Cholesky, HSM) the
-network predicts ε and the score is s = −L_t^{-T} ε (PSLD eq. 9-10); sampling always uses the HSM L_t.
-"""
+A batch z holds the x channels first and the m channels second, shape (N, 2C, ...). The forward SDE (PSLD eq. 6-7) is
+dz = β(t)/2 F̃ z dt + G dW with one critically damped 2×2 block per (x, m) pair; its kernel, the HSM/DSM losses and the
+ε-parameterisation are derived in docs/samplers.md (section "PSLD")."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import UserError
+from ..expint import phi
+from .base import LinearPFODE
 
 LOSSES = ("hsm", "dsm")
 
@@ -65,8 +55,7 @@ def block_diag(d0: Tensor, d1: Tensor) -> Tensor:
 
 
 def cholesky2(s: Tensor) -> Tensor:
-    """Lower Cholesky factor of symmetric positive-definite 2×2 blocks (..., 2, 2):
-    L = [[√a, 0], [b/√a, √(det/a)]] for s = [[a, b], [b, c]]."""
+    """Lower Cholesky factor of SPD 2×2 blocks: L = [[√a, 0], [b/√a, √(det/a)]] for [[a, b], [b, c]]."""
     a, b, c = s[..., 0, 0], s[..., 0, 1], s[..., 1, 1]
     l11 = a.sqrt()
     return block_diag(l11, (c - b * b / a).sqrt()) + _lower(b / l11)
@@ -89,55 +78,37 @@ def _mat(rows: list[list[float]], device: torch.device | None = None) -> Tensor:
     return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
-def _phi(k: int, x: Tensor) -> Tensor:
-    """φ_k(x) = ∫₀¹ u^k e^{xu} du (float64), by its Taylor series Σ_j x^j / (j! (j+k+1)) for |x| < 1/2 and in closed
-    form (φ₀ = (e^x − 1)/x, φ_{k} = (e^x − k φ_{k−1})/x) elsewhere."""
-    small = x.abs() < 0.5
-    xs = torch.where(small, x, torch.zeros_like(x))
-    series, term = torch.zeros_like(x), torch.ones_like(x)
-    for j in range(20):
-        series = series + term / (j + k + 1)
-        term = term * xs / (j + 1)
-    xl = torch.where(small, torch.ones_like(x), x)
-    closed = torch.expm1(xl) / xl
-    for i in range(1, k + 1):
-        closed = (xl.exp() - i * closed) / xl
-    return torch.where(small, series, closed)
-
-
 def critical_flow(a: Tensor, q: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean map and covariance of ``dz = ½ a z du + q^{1/2} dW`` over u ∈ [0, U] for a critically damped 2×2 ``a``
-    (double eigenvalue λ = tr(a)/2, so a = λI + N with N² = 0):
-
-        exp(U a / 2) = e^{λU/2} (I + (U/2) N),
-        ∫₀^U e^{(U−v) a/2} q e^{(U−v) aᵀ/2} dv = 2 [q I₀ + (N q + q Nᵀ) I₁ + N q Nᵀ I₂],  I_k = ∫₀^{U/2} r^k e^{2λr} dr.
-
-    ``U`` may be negative (the mean map is then the inverse flow; the covariance is meaningful for U ≥ 0 only).
-    Returns float64 tensors of shape (*U.shape, 2, 2).
-    """
+    """(exp(U a/2), ∫₀^U e^{(U−v)a/2} q e^{(U−v)aᵀ/2} dv) of dz = ½ a z du + q^{1/2} dW for a critically damped a,
+    in closed form (docs/samplers.md, "Critical damping and the kernel"); float64, shape (*U.shape, 2, 2)."""
     u = torch.as_tensor(u, dtype=torch.float64)
     a, q = a.to(u.device, torch.float64), q.to(u.device, torch.float64)
     eye = torch.eye(2, dtype=torch.float64, device=u.device)
-    lam = (a[0, 0] + a[1, 1]) / 2
-    n = a - lam * eye
+    alpha = (a[0, 0] + a[1, 1]) / 2  # the double eigenvalue
+    n = a - alpha * eye
     c = (u / 2)[..., None, None]
-    mean = (lam * c).exp() * (eye + c * n)
-    x = 2 * lam * (u / 2)
-    i0, i1, i2 = ((u / 2) ** (k + 1) * _phi(k, x) for k in range(3))
+    mean = (alpha * c).exp() * (eye + c * n)
+    x = 2 * alpha * (u / 2)
+    # I_k = (U/2)^{k+1} ∫₀¹ r^k e^{x r} dr = (U/2)^{k+1} k! e^x φ_{k+1}(−x)
+    i0, i1, i2 = ((u / 2) ** (k + 1) * math.factorial(k) * x.exp() * phi(k + 1, -x) for k in range(3))
     cov = 2 * (q * i0[..., None, None] + (n @ q + q @ n.T) * i1[..., None, None] + (n @ q @ n.T) * i2[..., None, None])
     return mean, cov
+
+
+_GL_NODES = 24  # Gauss-Legendre nodes of the conjugate weights' quadrature in ln s
+
+
+def _gauss_legendre(n: int) -> tuple[Tensor, Tensor]:
+    x, w = np.polynomial.legendre.leggauss(n)
+    return torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64)
 
 
 # -- the process --------------------------------------------------------------------------------------------------
 @dataclass
 class PSLD:
-    """PSLD with the reference CIFAR-10 constants as defaults (Γ = 0.01, ν = 4.01, M⁻¹ = 4, β = 8, γ = 0.04).
-
-    Γ (``Gamma``) and ν (``nu``) are the x and m friction, γ (``gamma``) the initial momentum scale (m₀ ~ N(0, γM)),
-    β(t) = β_min + t (β_max − β_min) on t ∈ [0, T]. Training draws t ~ U[train_eps, T] and the loss is the mean over
-    pixels of ‖ε − ε_θ(z_t, t)‖² (``loss`` = 'hsm' or 'dsm'); samplers integrate from T down to eval_eps and take a
-    last denoising step to 0.
-    """
+    """PSLD with the reference CIFAR-10 constants (Γ = 0.01, ν = 4.01, M⁻¹ = 4, β = 8, γ = 0.04): x and m friction
+    Γ, ν, m₀ ~ N(0, γM), β(t) = β_min + t (β_max − β_min) on [0, T]; training t ~ U[train_eps, T], sampling to
+    eval_eps."""
 
     Gamma: float = 0.01
     nu: float = 4.01
@@ -205,6 +176,10 @@ class PSLD:
         """Σ₀: diag(0, γM) for HSM (m₀ marginalised), 0 for DSM (m₀ drawn)."""
         return _mat([[0.0, 0.0], [0.0, self.gamma * self.M if loss == "hsm" else 0.0]], device)
 
+    def noise_gain(self, noise_x: float, noise_m: float, device: torch.device | None = None) -> Tensor:
+        """I + Λ², Λ = diag(noise_x, noise_m): the ε gain of the reverse process with noise Λ G."""
+        return torch.diag(torch.tensor([1 + noise_x**2, 1 + noise_m**2], dtype=torch.float64, device=device))
+
     # -- schedule --------------------------------------------------------------------------------------------------
     def _t(self, t: Tensor | float) -> Tensor:
         return torch.as_tensor(t, dtype=torch.float64)
@@ -269,16 +244,10 @@ class PSLD:
 
     def reverse_drift(self, z: Tensor, eps: Tensor, t: Tensor | float, noise_x: float = 1.0,
                       noise_m: float = 1.0) -> Tensor:
-        """Drift of the reverse-time process with noise Λ G dW̄, Λ = diag(noise_x, noise_m), whose marginals are
-        p_t for every Λ (Song et al. 2021, eq. 6 generalised):
-
-            dz = [F z − ½ (G Gᵀ + Λ G Gᵀ Λ) ∇log p_t] dt + Λ G dW̄ = β/2 [F̃ z + (I + Λ²) D̃ L_t^{-T} ε] dt + Λ G dW̄.
-
-        Λ = 0 is the PF-ODE, Λ = I the reverse SDE (PSLD eq. 11). Time runs backwards: a step t → t − h adds −h·drift.
-        """
+        """β/2 [F̃ z + (I + Λ²) D̃ L_t^{-T} ε]: the reverse drift with noise Λ G, Λ = diag(noise_x, noise_m), whose
+        marginals are p_t for every Λ (Song et al. 2021, eq. 6 generalised; Λ = 0 the PF-ODE, Λ = I PSLD eq. 11)."""
         k = self.eps_matrix(t)
-        k = _mat([[1 + noise_x**2, 0.0], [0.0, 1 + noise_m**2]], k.device) @ k
-        return apply_block(self.drift_matrix(t), z) + apply_block(k, eps)
+        return apply_block(self.drift_matrix(t), z) + apply_block(self.noise_gain(noise_x, noise_m, k.device) @ k, eps)
 
     def pf_ode_drift(self, z: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
         """dz/dt = F z − ½ G Gᵀ ∇log p_t = β/2 [F̃ z + D̃ L_t^{-T} ε]."""
@@ -290,11 +259,8 @@ class PSLD:
 
     # -- pieces of splitting samplers (reverse time τ = T − t; Λ = diag(noise_x, noise_m)) ---------------------------
     def reverse_ou(self, t_from: Tensor | float, t_to: Tensor | float) -> tuple[Tensor, Tensor]:
-        """Mean map and covariance of SSCS's linear part (PSLD eq. 12), solved exactly from t_from down to t_to:
-
-            dz = β/2 (Q̃ − D̃) H z dτ + G dW̄ = β/2 [[−Γ, −M⁻¹], [1, −ν]] z dτ + G dW̄,
-
-        critically damped like F̃ and leaving N(0, H⁻¹) invariant."""
+        """Mean map and covariance of SSCS's linear part dz = β/2 (Q̃ − D̃) H z dτ + G dW̄ from t_from down to t_to
+        (PSLD eq. 12), solved exactly."""
         u = self.b(t_from) - self.b(t_to)
         a = (self.Q_tilde(u.device) - self.D_tilde(u.device)) @ self.H(u.device)
         return critical_flow(a, self.D_tilde(u.device), u)
@@ -306,29 +272,74 @@ class PSLD:
 
     def friction_flow(self, t_from: Tensor | float, t_to: Tensor | float, noise_x: float = 1.0,
                       noise_m: float = 1.0) -> tuple[Tensor, Tensor]:
-        """(decay, variance), each diag (…, 2, 2), of the per-coordinate Ornstein-Uhlenbeck part of the reverse
-        process with noise Λ G, solved exactly from t_from down to t_to (u = b(t_from) − b(t_to)):
-
-            dz = −β/2 Λ² D̃ H z dτ + Λ G dW̄:  x ← e^{−λ_x² Γ u/2} x + √(1 − e^{−λ_x² Γ u}) n,
-                                              m ← e^{−λ_m² ν u/2} m + √(M (1 − e^{−λ_m² ν u})) n,
-
-        which leaves N(0, H⁻¹) invariant (the O of OBA)."""
+        """(decay, variance), diag 2×2, of the O part dz = −β/2 Λ² D̃ H z dτ + Λ G dW̄ from t_from down to t_to (exact;
+        leaves N(0, H⁻¹) invariant)."""
         u = self.b(t_from) - self.b(t_to)
         rx, rm = -noise_x**2 * self.Gamma * u, -noise_m**2 * self.nu * u
         return block_diag((rx / 2).exp(), (rm / 2).exp()), block_diag(-torch.expm1(rx), -self.M * torch.expm1(rm))
 
     def hamiltonian_matrix(self, t: Tensor | float, noise_x: float = 1.0, noise_m: float = 1.0) -> Tensor:
-        """W = β/2 [Q̃ H + (I + Λ²) D̃ H]: what remains of the reverse drift after ``friction_flow``,
-
-            dz/dτ = W z − (I + Λ²) K ε,   rows: x (the A of OBA) and m (the B of OBA)."""
+        """W = β/2 [Q̃ H + (I + Λ²) D̃ H]: dz/dτ = W z − (I + Λ²) K ε, the reverse drift less ``friction_flow``."""
         beta = self.beta(t)
         dev = beta.device
-        lam = _mat([[1 + noise_x**2, 0.0], [0.0, 1 + noise_m**2]], dev)
-        return beta[..., None, None] / 2 * (self.Q_tilde(dev) + lam @ self.D_tilde(dev)) @ self.H(dev)
+        gain = self.noise_gain(noise_x, noise_m, dev)
+        return beta[..., None, None] / 2 * (self.Q_tilde(dev) + gain @ self.D_tilde(dev)) @ self.H(dev)
 
-    def prior(self, noise_x: Tensor, noise_m: Tensor) -> Tensor:
-        """z_T ~ N(0, diag(1, M)) from two standard-normal tensors of the data shape."""
-        return join(noise_x, math.sqrt(self.M) * noise_m)
+    # -- conjugate integrators: dz/dt = F̄ z + (I + Λ²) K ε̄ (docs/samplers.md, PSLD conjugate integrators) ------------
+    def conjugate_drift(self, precondition: float, noise_x: float = 0.0, noise_m: float = 0.0) -> Tensor:
+        """X̃ = −Q̃ H − (1 − κ)(I + Λ²) D̃ H, κ = ``precondition``: F̄ = β/2 X̃."""
+        gain = self.noise_gain(noise_x, noise_m)
+        return -self.Q_tilde() @ self.H() - (1 - precondition) * gain @ self.D_tilde() @ self.H()
+
+    def eps_bar(self, eps: Tensor, z: Tensor, t: Tensor, precondition: float) -> Tensor:
+        """ε̄ = ε − κ L_tᵀ H z: what the network adds to the stationary score −κ H z."""
+        if precondition == 0:
+            return eps
+        return eps - precondition * apply_block(self.kernel_chol(t).transpose(-1, -2) @ self.H(t.device), z)
+
+    def conjugate_weights(self, t0: Tensor, t1: Tensor, b: Tensor, precondition: float, noise_x: float,
+                          noise_m: float, moment: int = 0) -> Tensor:
+        """−∫_{t1}^{t0} exp((s − t1)(B − F̄)) (I + Λ²) K_s (s − t0)^moment ds per step t0 → t1, constant β
+        (Gauss-Legendre in ln s: K_s ~ s^{-1/2} near 0)."""
+        nodes, weights = _gauss_legendre(_GL_NODES)
+        lo, hi = t1.log()[:, None], t0.log()[:, None]
+        s = (lo + (hi - lo) * (nodes + 1) / 2).exp()  # (n, nodes)
+        w = (hi - lo) / 2 * weights * s * (s - t0[:, None]) ** moment
+        a = b - self.beta_min / 2 * self.conjugate_drift(precondition, noise_x, noise_m)
+        flow = torch.linalg.matrix_exp((s - t1[:, None])[..., None, None] * a)
+        gain_k = self.noise_gain(noise_x, noise_m) @ self.eps_matrix(s)
+        return -(w[..., None, None] * flow @ gain_k).sum(1)
+
+    def linear_pf_ode(self, precondition: float = 1.0, noise_x: float = 0.0, noise_m: float = 0.0) -> LinearPFODE:
+        """dz/dt = F̄ z + (I + Λ²) K ε̄ for the conjugate core, with exact (P, Q) when β is constant."""
+
+        def fbar(t: float) -> np.ndarray:
+            return (self.beta(t) / 2 * self.conjugate_drift(precondition, noise_x, noise_m)).numpy()
+
+        def gain(t: float) -> np.ndarray:
+            return (self.noise_gain(noise_x, noise_m) @ self.eps_matrix(t)).numpy()
+
+        def closed_form(ts: Sequence[float], b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """P = exp(h (B − F̄)) (I − h B), Q = ``conjugate_weights`` (moment 0)."""
+            t = torch.tensor(np.asarray(ts, dtype=np.float64))
+            t0, t1 = t[:-1], t[1:]
+            bb = torch.as_tensor(np.asarray(b), dtype=torch.float64)
+            h = (t0 - t1)[:, None, None]
+            a = bb - self.beta_min / 2 * self.conjugate_drift(precondition, noise_x, noise_m)
+            big_p = torch.linalg.matrix_exp(h * a) @ (torch.eye(2, dtype=torch.float64) - h * bb)
+            return big_p.numpy(), self.conjugate_weights(t0, t1, bb, precondition, noise_x, noise_m).numpy()
+
+        key = ("psld", tuple(sorted(self.config().items())), precondition, noise_x, noise_m)
+        return LinearPFODE(fbar=fbar, gain=gain, k=2, key=key,
+                           closed_form=closed_form if self.beta_min == self.beta_max else None)
+
+    def prior(self, noise: Tensor, sigma_start: Tensor, noise_fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """z_T ~ N(0, diag(1, M)): x from ``noise``, m from a fresh ``noise_fn`` draw (any start time)."""
+        return join(noise, math.sqrt(self.M) * noise_fn(noise))
+
+    def data_part(self, state: Tensor) -> Tensor:
+        """x of z = (x, m)."""
+        return split(state)[0]
 
     # -- training --------------------------------------------------------------------------------------------------
     def c_noise(self, t: Tensor) -> Tensor:
@@ -345,6 +356,15 @@ class PSLD:
         """The ε loss is unweighted (the reference's λ(t) = 1/‖L_t^{-T}‖² 'fid' weighting of the score loss)."""
         return torch.ones_like(sigma)
 
+    def loss_clamp(self, step: int) -> float:
+        return math.inf
+
+    def network_output(self, net: nn.Module, x: Tensor, sigma: Tensor | float,
+                       class_labels: Tensor | None = None) -> Tensor:
+        """ε_θ(z, t) = F(z, c_noise(t)) on the augmented state (2C channels in and out), in fp32 (PSLD eq. 9)."""
+        t = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
+        return net(x.float(), self.c_noise(t).float(), class_labels).float()
+
     def sampling_range(self) -> tuple[float, float]:
         return self.eval_eps, self.T
 
@@ -354,12 +374,8 @@ class PSLD:
         return (n, (2 if self.loss == "hsm" else 3) * c, *rest)
 
     def perturb(self, x0: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """(z_t, ε target) of one training step.
-
-        HSM: z_t = μ_t (x₀, 0) + L_t ε, target ε. DSM: m₀ = √(γM) n, z_t = μ_t (x₀, m₀) + L^D_t ε with the DSM
-        factor L^D_t (Σ₀ = 0), target L_tᵀ (L^D_t)^{-T} ε, so that the minimiser is −L_tᵀ ∇log p_t for either loss
-        and one ε-network samples the same way whichever loss trained it.
-        """
+        """(z_t, ε target) of one training step: HSM z_t = μ_t (x₀, 0) + L_t ε; DSM with m₀ drawn and target
+        L_tᵀ (L^D_t)^{-T} ε, so both losses have the minimiser −L_tᵀ ∇log p_t (docs/samplers.md, "HSM and DSM")."""
         c = x0.shape[1]
         eps = noise[:, : 2 * c]
         mean = self.kernel_mean_matrix(t)
@@ -371,7 +387,7 @@ class PSLD:
         target = self.kernel_chol(t).transpose(-1, -2) @ inv2(chol_d).transpose(-1, -2)
         return apply_block(mean, z0) + apply_block(chol_d, eps), apply_block(target, eps)
 
-    def training_loss(self, model, x0: Tensor, t: Tensor, noise: Tensor, step: int = 0) -> Tensor:
+    def training_loss(self, model: Callable, x0: Tensor, t: Tensor, noise: Tensor, step: int = 0) -> Tensor:
         """Mean over the batch and the 2C channels of (ε_θ(z_t, t) − target)² (PSLD eq. 8-10, HSM or DSM)."""
         z, target = self.perturb(x0, t, noise)
         pred = model(z, t)

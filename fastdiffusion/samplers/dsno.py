@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..models import OneStepGenerator
+from .counted import CountedModel
 from .registry import Callback, Noise, SamplerSpec, register, step_info
 
 
@@ -22,8 +24,8 @@ def dsno(generator: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas: Tenso
     """
     traj = generator(x, sigmas[0])
     if callback is not None:
-        model = getattr(generator, "model", generator)  # fastdiffusion.sample wraps the model in a call counter
-        out_sigmas = getattr(model, "sigmas", None)
+        model = generator.model if isinstance(generator, CountedModel) else generator
+        out_sigmas = model.sigmas if isinstance(model, OneStepGenerator) else None
         num_times = traj.shape[1]
         for k in range(num_times):
             m = num_times - 1 - k

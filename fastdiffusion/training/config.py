@@ -106,7 +106,7 @@ class TrainConfig:
 RESUME_KEYS = ("data", "data_split", "xflip", "process", "process_options", "net", "net_options", "batch", "seed")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The README's main job: FDM-EDM on 16-px bundled digits, about 4 minutes on a 2-core CPU.
+    # The README's main job: FDM-EDM on 16-px bundled digits, sized for a 2-core CPU.
     "demo": {"run_dir": "runs/demo", "data": "digits16", "process": "fdm-edm", "net": "ddpmpp-tiny",
              "batch": 64, "steps": 1200, "lr": 2e-3, "ema_halflife_kimg": 10.0, "ckpt_every": 400},
     # EDM's CIFAR-10 DDPM++ setup (batch 512, lr 1e-3, 10 Mimg warm-up) on 32-px digits for GPUs.

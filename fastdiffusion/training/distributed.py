@@ -36,6 +36,13 @@ def setup(device: str = "auto") -> Dist:
     return Dist(rank, world, dev)
 
 
+def rank_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks in the started process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -33,13 +34,12 @@ from ..checkpoint import (
     write_checkpoint,
 )
 from ..data import Dataset, load_dataset, random_hflip
-from ..denoiser import wrap_net
 from ..errors import UserError
 from ..fastpath import FastPath
-from ..model import model_meta
+from ..models import ProcessModel, model_meta
 from ..nets import build_net, net_config
 from ..plots import plot_loss, save_samples
-from ..processes import make_process, state_groups
+from ..processes import Process, make_process
 from ..sampling import sample
 from ..seeds import SeededNoise
 from . import distributed
@@ -62,7 +62,7 @@ def _layout(x: Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def draw_batch(data: Tensor, cfg: TrainConfig, process, gen: torch.Generator) -> Batch:
+def draw_batch(data: Tensor, cfg: TrainConfig, process: Process, gen: torch.Generator) -> Batch:
     """Examples (with optional flips), sigma ~ the process's training density, and noise, for the global batch."""
     idx = torch.randint(len(data), (cfg.batch,), generator=gen, device=gen.device)
     x0 = data[idx.to(data.device)].to(gen.device)
@@ -70,26 +70,13 @@ def draw_batch(data: Tensor, cfg: TrainConfig, process, gen: torch.Generator) ->
     if cfg.xflip and x0.ndim == 4:
         x0 = random_hflip(x0, gen)
     sigma = process.sample_sigma(cfg.batch, gen)
-    shape = process.noise_shape(x0.shape) if hasattr(process, "noise_shape") else x0.shape  # PSLD: (x, m) noise
-    noise = torch.randn(shape, generator=gen, device=gen.device).contiguous(memory_format=_layout(x0))
+    noise = torch.randn(process.noise_shape(x0.shape), generator=gen, device=gen.device)
+    noise = noise.contiguous(memory_format=_layout(x0))
     return Batch(x0, sigma, noise)
 
 
-def denoising_loss(model, batch: Batch, process, step: int) -> Tensor:
-    """Mean over the batch of ``lambda(sigma) * mean_pixels (D(x0 + sigma n; sigma) - x0)^2``, or the process's own
-    ``training_loss`` where it has one (PSLD: the ε loss on (x, m), with ``sigma`` holding the times t)."""
-    if hasattr(process, "training_loss"):
-        return process.training_loss(model, batch.x0, batch.sigma, batch.noise, step)
-    shape = (-1,) + (1,) * (batch.x0.ndim - 1)
-    x = batch.x0 + batch.sigma.float().reshape(shape) * batch.noise
-    denoised = model(x, batch.sigma)
-    weight = process.loss_weight(batch.sigma, step).float()
-    per_example = (denoised - batch.x0).square().flatten(1).mean(1)
-    return (weight * per_example).mean()
-
-
-def _net_config_for(cfg: TrainConfig, data: Dataset) -> dict:
-    groups = state_groups(cfg.process)  # PSLD's network sees and predicts (x, m): 2C channels
+def _net_config_for(cfg: TrainConfig, data: Dataset, process: Process) -> dict:
+    groups = process.state_groups  # PSLD's network sees and predicts (x, m): 2C channels
     if data.kind == "points":
         arch = "mlp" if cfg.net.startswith("ddpmpp") or cfg.net.startswith("ncsnpp") else cfg.net
         return net_config(arch, in_channels=groups * data.shape[0], **cfg.net_options)
@@ -257,8 +244,8 @@ class Trainer(StepLoop):
         self.data = load_dataset(cfg.data, split=cfg.data_split)
         self.process = make_process(cfg.process, **cfg.process_options)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        ncfg = _net_config_for(cfg, self.data)
-        self.model = wrap_net(build_net(**ncfg), self.process, ncfg, self.data.shape).to(dev)
+        ncfg = _net_config_for(cfg, self.data, self.process)
+        self.model = ProcessModel(build_net(**ncfg), self.process, ncfg, self.data.shape).to(dev)
         self.fast = FastPath.resolve(dev, precision=cfg.precision, channels_last=cfg.channels_last,
                                      compile=cfg.compile, cudnn_benchmark=cfg.cudnn_benchmark,
                                      image=self.data.kind == "image")
@@ -375,9 +362,8 @@ class Trainer(StepLoop):
         return path
 
     def _clamp(self) -> float | None:
-        clamp = getattr(self.process, "loss_clamp", None)
-        value = clamp(self.step) if clamp else None
-        return value if value is None or value != float("inf") else None
+        value = self.process.loss_clamp(self.step)
+        return None if value == math.inf else value
 
     def write_grid(self, path: Path) -> None:
         noise = SeededNoise(range(self.cfg.grid_images))
@@ -401,7 +387,7 @@ class Trainer(StepLoop):
             sync = j == cfg.accum - 1 or world == 1
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
             with ctx, torch.autocast(self.dist.device.type, torch.bfloat16, enabled=self.bf16):
-                loss = denoising_loss(self.ddp, part, self.process, self.step)
+                loss = self.process.training_loss(self.ddp, part.x0, part.sigma, part.noise, self.step)
             (loss / cfg.accum).backward()
             total += loss.detach() / cfg.accum
         self.step += 1

@@ -1,16 +1,4 @@
-"""Exact PSLD scores of Gaussian-mixture data, and the exact PF-ODE solution, for testing and benchmarking samplers.
-
-With data p(x₀) = Σ_k w_k N(μ_k, diag v_k) and m₀ ~ N(0, γM) (HSM), every (x, m) pair d of z_t is, given component
-k, Gaussian with
-
-    mean  a_t μ_kd,   cov  C_kd(t) = v_kd a_t a_tᵀ + Σ(t),   a_t = μ(t) e_x (the x column of the kernel mean),
-
-so p_t(z) = Σ_k w_k Π_d N₂(z_d; a_t μ_kd, C_kd(t)) and, with responsibilities r_k(z) ∝ w_k Π_d N₂(...),
-
-    ∇_{z_d} log p_t(z) = −Σ_k r_k(z) C_kd⁻¹ (z_d − a_t μ_kd),    ε*(z, t) = −L_tᵀ ∇ log p_t(z).
-
-Arithmetic is float64 throughout.
-"""
+"""Exact PSLD references on Gaussian-mixture data: the ε-network and the PF-ODE solution (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -21,9 +9,9 @@ import torch
 from torch import Tensor
 
 from ..data.gmm import GaussianMixture
-from .psld import PSLD, apply_block, cholesky2, join, split
-
-_CHUNK_ELEMENTS = 1 << 21
+from ..processes.psld import PSLD, apply_block, cholesky2, join, split
+from ..samplers.registry import EpsModel
+from ..samplers.splitting import final_step
 
 
 def _times(t: Tensor | float, n: int) -> Tensor:
@@ -35,10 +23,8 @@ def _times(t: Tensor | float, n: int) -> Tensor:
 
 
 class PSLDMixtureEps:
-    """The exact ε-network ``eps(z, t)`` of PSLD for Gaussian-mixture data; knows its ``process`` like a model.
-
-    ``z`` is (N, 2D) (or (N, 2C, H, W) with C·H·W = D), ``t`` a scalar or one time per row.
-    """
+    """``ε*(z, t) = −L_tᵀ ∇ log p_t(z)`` of PSLD for Gaussian-mixture data, z (N, 2D) or (N, 2C, H, W); knows its
+    ``process`` like a model."""
 
     def __init__(self, mixture: GaussianMixture, process: PSLD) -> None:
         self.mixture, self.process = mixture, process
@@ -74,12 +60,7 @@ class PSLDMixtureEps:
         return self.mixture.weights.log()[None] + log_n, gx, gm
 
     def score(self, z: Tensor, t: Tensor | float) -> Tensor:
-        """∇_z log p_t(z), same shape and dtype as ``z``.
-
-        Scalar t: the quadratic forms are expanded into matrix products over the D pairs (no (N, K, D) temporaries),
-        with C_kd⁻¹ = [[i_xx, i_xm], [i_xm, i_mm]] and ν_kd = C_kd⁻¹ a_t μ_kd:
-        (z_d − a μ)ᵀ C⁻¹ (z_d − a μ) = i_xx x² + 2 i_xm x m + i_mm m² − 2 (x, m)·ν + (a μ)ᵀ ν.
-        """
+        """∇_z log p_t(z) = −Σ_k r_k(z) C_kd⁻¹ (z_d − a_t μ_kd), same shape and dtype as ``z``."""
         n = z.shape[0]
         xs, _ = split(z)
         x, m = (v.reshape(n, -1).double() for v in split(z))
@@ -122,10 +103,9 @@ class PSLDMixtureEps:
         return apply_block(-chol_t, self.score(z, t))
 
 
-def pf_ode_solution(eps_model, z: Tensor, t_start: float, t_end: float, rtol: float = 1e-10,
-                    atol: float = 1e-10) -> Tensor:
-    """z(t_end) of the PSLD PF-ODE dz/dt = F z + K ε(z, t) from z(t_start) = z, by float64 DOP853 (scipy) in the
-    variable u = ln t (which tames the stiffness of the m-equation near t = 0)."""
+def _solve(eps_model: EpsModel, z: Tensor, t_start: float, t_end: float, rtol: float, atol: float
+           ) -> tuple[Tensor, int]:
+    """z(t_end) of the PSLD PF-ODE by float64 DOP853 in u = ln t, and the number of ε evaluations it took."""
     from scipy.integrate import solve_ivp
 
     process = eps_model.process
@@ -140,4 +120,17 @@ def pf_ode_solution(eps_model, z: Tensor, t_start: float, t_end: float, rtol: fl
                     rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"PF-ODE integration failed: {sol.message}")
-    return torch.from_numpy(sol.y[:, -1]).reshape(shape)
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape), int(sol.nfev)
+
+
+def pf_ode_solution(eps_model: EpsModel, z: Tensor, t_start: float, t_end: float, rtol: float = 1e-10,
+                    atol: float = 1e-10) -> Tensor:
+    """z(t_end) of the PSLD PF-ODE dz/dt = F z + K ε(z, t) from z(t_start) = z (float64 DOP853 in u = ln t)."""
+    return _solve(eps_model, z, t_start, t_end, rtol, atol)[0]
+
+
+def exact_endpoint(eps_model: PSLDMixtureEps, z: Tensor, rtol: float = 1e-10) -> tuple[Tensor, int]:
+    """x of ``final_step`` from z(eval_eps) of the PF-ODE from z(T) = z, and the PF-ODE's number of ε evaluations."""
+    p = eps_model.process
+    end, nfev = _solve(eps_model, z, p.T, p.eval_eps, rtol, rtol)
+    return p.data_part(final_step(eps_model, end, torch.tensor(p.eval_eps, dtype=torch.float64))), nfev

@@ -1,5 +1,5 @@
-"""Build, save and load a ``Denoiser`` from its JSON description (process config, network config, data shape; a DSNO
-``OneStepGenerator`` adds its output times as ``generator``)."""
+"""Build, save and load a model from its JSON description (process config, network config, data shape; a DSNO
+``OneStepGenerator`` adds its output times as ``generator``): one safetensors file, no pickle."""
 
 from __future__ import annotations
 
@@ -7,34 +7,35 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import list_checkpoints, read_weights, save_weights, state_dict_cpu, verify_checkpoint
-from .denoiser import Denoiser, OneStepGenerator, wrap_net
-from .errors import UserError
-from .fastpath import SamplingNet
-from .nets import build_net
-from .processes import process_from_config
+from ..checkpoint import list_checkpoints, read_weights, save_weights, state_dict_cpu, verify_checkpoint
+from ..errors import UserError
+from ..fastpath import SamplingNet
+from ..nets import build_net
+from ..processes import process_from_config
+from .model import OneStepGenerator, ProcessModel
 
 
-def model_meta(model: Denoiser) -> dict:
+def model_meta(model: ProcessModel) -> dict:
     meta = {"process": model.process.config(), "net": model.net_config, "data_shape": list(model.data_shape)}
     if isinstance(model, OneStepGenerator):
         meta["generator"] = model.generator_config
     return meta
 
 
-def build_model(meta: dict) -> Denoiser:
-    """A fresh ``Denoiser`` (a ``PSLDModel`` for a PSLD process) from ``model_meta``-style JSON."""
+def build_model(meta: dict) -> ProcessModel:
+    """A freshly initialised model (a ``OneStepGenerator`` where ``meta`` has ``generator``) from ``model_meta``-style
+    JSON."""
     try:
         process = process_from_config(meta["process"])
         net = build_net(**meta["net"])
         if "generator" in meta:
             return OneStepGenerator(net, process, meta["net"], tuple(meta["data_shape"]), **meta["generator"])
-        return wrap_net(net, process, meta["net"], tuple(meta["data_shape"]))
+        return ProcessModel(net, process, meta["net"], tuple(meta["data_shape"]))
     except KeyError as e:
         raise UserError(f"model description lacks {e}: not a fastdiffusion model file") from None
 
 
-def save_model(model: Denoiser, path: str | Path) -> None:
+def save_model(model: ProcessModel, path: str | Path) -> None:
     """Weights of ``model.net`` in safetensors with the JSON description as metadata: one self-contained file. A model
     on the sampling fast path (``accelerate``) saves its plain network, so the file loads like any other."""
     net = model.net.net if isinstance(model.net, SamplingNet) else model.net
@@ -55,7 +56,7 @@ def resolve_model_file(path: str | Path, ema: bool = True) -> Path:
     return path
 
 
-def load_model(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> Denoiser:
+def load_model(path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> ProcessModel:
     """Load a model from a ``.safetensors`` file, a checkpoint directory or a run directory (newest checkpoint).
 
     No pickle is involved: the file holds tensors and JSON only.

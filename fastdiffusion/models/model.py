@@ -1,15 +1,22 @@
-"""A trained model: a plain network wrapped in its process's preconditioning, exposed as ``D(x, sigma)``."""
+"""Model types: a plain network with its process, network config and data shape (``ProcessModel``), and DSNO's
+one-call student (``OneStepGenerator``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from .processes import Process
+from ..nets import DSNOOperator
+from ..processes import Process
+from ..processes.edm import EDMFamily
 
 
 class ProcessModel(nn.Module):
-    """A network with what is needed to rebuild and sample it: its process, network config and per-sample shape."""
+    """A network and what is needed to rebuild and sample it: its process, network config and per-sample shape.
+
+    ``model(x, sigma, class_labels=None)`` is the process's parameterisation of the network
+    (``Process.network_output``): the denoiser D(x; sigma) of EDM eq. 7 for the EDM family, ε_θ(z, t) for PSLD.
+    """
 
     def __init__(self, net: nn.Module, process: Process, net_config: dict, data_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -18,14 +25,10 @@ class ProcessModel(nn.Module):
         self.net_config = dict(net_config)
         self.data_shape = tuple(data_shape)
 
-
-class Denoiser(ProcessModel):
-    """``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` (EDM eq. 7), the coefficients asked of the process.
-
-    It knows its process, the network config it was built from and the per-sample data shape, so a saved model can be
-    rebuilt and sampled without any other information. The outer combination runs in fp32 even when the network runs
-    under bf16 autocast: the skip path carries most of the signal at low noise.
-    """
+    @property
+    def family(self) -> str:
+        """The samplers that integrate this model: its process's family."""
+        return self.process.family
 
     @property
     def sigma_min(self) -> float:
@@ -35,37 +38,14 @@ class Denoiser(ProcessModel):
     def sigma_max(self) -> float:
         return self.process.sigma_max
 
+    def sampling_range(self) -> tuple[float, float]:
+        return self.process.sampling_range()
+
     def forward(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
-        x = x.float()
-        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
-        pc = self.process.precond(sigma)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        c_skip, c_out, c_in = (c.float().reshape(shape) for c in (pc.c_skip, pc.c_out, pc.c_in))
-        out = self.net(c_in * x, pc.c_noise.float(), class_labels)
-        return c_skip * x + c_out * out.float()
+        return self.process.network_output(self.net, x, sigma, class_labels)
 
 
-class PSLDModel(ProcessModel):
-    """A PSLD ε-network ``ε_θ(z, t)`` on the augmented state z = (x, m): the network sees and predicts both channel
-    groups (2C channels in and out) and is conditioned on ``process.c_noise(t)``; the score is −L_t^{-T} ε_θ.
-
-    Like ``Denoiser`` it knows its process, network config and data shape (of x alone), so ``load_model`` rebuilds it
-    from its JSON description. The output is returned in fp32 whatever precision the network runs in.
-    """
-
-
-    def forward(self, z: Tensor, t: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64, device=z.device).reshape(-1).expand(z.shape[0])
-        return self.net(z.float(), self.process.c_noise(t).float(), class_labels).float()
-
-
-def wrap_net(net: nn.Module, process: Process, net_config: dict, data_shape: tuple[int, ...]) -> nn.Module:
-    """The trained-model wrapper for ``process``: ``PSLDModel`` for PSLD, else the EDM-family ``Denoiser``."""
-    cls = PSLDModel if getattr(process, "family", "edm") == "psld" else Denoiser
-    return cls(net, process, net_config, data_shape)
-
-
-class OneStepGenerator(nn.Module):
+class OneStepGenerator(ProcessModel):
     """DSNO's student as a model: the initial state x_T = sigma_T z -> the teacher's PF-ODE states at M output sigmas,
     all in one call of a ``DSNOOperator`` ``F`` (EDM-family processes).
 
@@ -80,21 +60,21 @@ class OneStepGenerator(nn.Module):
     m, and the final sample is D_0. Returns (N, M, *data_shape) in fp32.
     """
 
-    family = "dsno"
+    process: EDMFamily
 
-    def __init__(self, net: nn.Module, process: Process, net_config: dict, data_shape: tuple[int, ...], *,
+    def __init__(self, net: DSNOOperator, process: EDMFamily, net_config: dict, data_shape: tuple[int, ...], *,
                  sigmas: list[float], cond_sigmas: list[float], sigma_max: float) -> None:
-        super().__init__()
-        if not (len(sigmas) == len(cond_sigmas) == getattr(net, "num_times", len(sigmas))):
+        super().__init__(net, process, net_config, data_shape)
+        if not len(sigmas) == len(cond_sigmas) == net.num_times:
             raise ValueError("OneStepGenerator: sigmas, cond_sigmas and the network's num_times must agree")
-        self.net = net
-        self.process = process
-        self.net_config = dict(net_config)
-        self.data_shape = tuple(data_shape)
         self.generator_config = {"sigmas": [float(s) for s in sigmas], "cond_sigmas": [float(s) for s in cond_sigmas],
                                  "sigma_max": float(sigma_max)}
         self.register_buffer("sigmas", torch.tensor(sigmas, dtype=torch.float64), persistent=False)
         self.register_buffer("cond_sigmas", torch.tensor(cond_sigmas, dtype=torch.float64), persistent=False)
+
+    @property
+    def family(self) -> str:
+        return "dsno"
 
     @property
     def sigma_max(self) -> float:
