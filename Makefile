@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,diffusers]"
 	# Reference samplers for tests: k-diffusion is loaded without its heavy package __init__ (see tests/).
 	$(BIN)/python -m pip install -q torchdiffeq torchsde
 	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1

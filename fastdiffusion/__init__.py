@@ -8,12 +8,14 @@
 
 from .errors import UserError
 from .fastpath import accelerate
-from .models import OneStepGenerator, ProcessModel, load_model, save_model
+from .guidance import Guided
+from .models import OneStepGenerator, ProcessModel, load_model, save_model, wrap_eps, wrap_v
 from .processes import make_process
+from .samplers.tuning import tune_schedule
 from .sampling import generate, sample
 from .seeds import SeededNoise
 
 __version__ = "0.1.0"
 
-__all__ = ["OneStepGenerator", "ProcessModel", "SeededNoise", "UserError", "accelerate", "generate", "load_model",
-           "make_process", "sample", "save_model"]
+__all__ = ["Guided", "OneStepGenerator", "ProcessModel", "SeededNoise", "UserError", "accelerate", "generate",
+           "load_model", "make_process", "sample", "save_model", "tune_schedule", "wrap_eps", "wrap_v"]

@@ -1,4 +1,4 @@
-"""The ``fastdiffusion`` command: train | sample | eval | distill | bench | info.
+"""The ``fastdiffusion`` command: train | dataset | sample | eval | tune | distill | convert | bench | info.
 
 Bad input ends in one line on stderr and exit code 2."""
 
@@ -21,64 +21,91 @@ from .errors import UserError
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .training.config import TrainConfig
+    from .training.config import PRESETS, TrainConfig
 
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--preset", help="start from a named configuration (see `fastdiffusion info`)")
+    start.add_argument("--preset", help="start from a named setup: " + "; ".join(
+        f"{name}: {pre.about}" for name, pre in PRESETS.items()))
     start.add_argument("--config", type=Path, help="start from a JSON config file (e.g. a run's config.json)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --run-dir")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir (default: the preset's) from "
+                   "its newest complete checkpoint with its saved config; flags given change only what they name")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or start-up line")
     add_config_arguments(p, TrainConfig)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training.config import TrainConfig, preset
+    from .training.config import TrainConfig, resolve_config
+
+    cfg = resolve_config(preset_name=args.preset, config_path=args.config, resume=args.resume,
+                         overrides=config_overrides(args, TrainConfig))
+    if args.dry_run:
+        cfg.validate()
+        print(json.dumps(cfg.to_json(), indent=2, sort_keys=True))
+        return
     from .training.loop import train
 
-    if args.config:
-        try:
-            cfg = TrainConfig.from_json(json.loads(args.config.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"--config {args.config}: not a readable training config ({e})") from None
-    else:
-        cfg = preset(args.preset) if args.preset else TrainConfig()
-    overrides = config_overrides(args, TrainConfig, cfg)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
     ckpt = train(cfg, resume=args.resume, quiet=args.quiet)
     run = Path(cfg.run_dir)
     print(f"checkpoint: {ckpt}")
-    print(f"samples:    {run / 'samples.png'}")
+    print(f"samples:    {run / 'samples.png'} (one per checkpoint: samples-NNNNNNNN.png)")
     print(f"loss curve: {run / 'loss.png'}")
     print(f"log:        {run / 'log.jsonl'}")
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from .data.dataset_zip import write_dataset_zip
+
+    out = write_dataset_zip(args.src, args.dest, resolution=args.resolution, transform=args.transform,
+                            max_images=args.max_images, skip_bad=args.skip_bad, progress=not args.quiet)
+    classes = f", {out.num_classes} classes" if out.num_classes else ", no labels"
+    skipped = f"; skipped {out.skipped} undecodable file(s)" if out.skipped else ""
+    print(f"wrote {out.images} images ({'x'.join(map(str, out.shape))}{classes}) to {out.path}{skipped}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
-    from .cli_args import fast_path_options
+    from .cli_args import check_device, fast_path_options
     from .fastpath import accelerate
+    from .guidance import describe, guidance_protocol, parse_class
     from .models import load_model
     from .outputs import output_kind, write_samples
+    from .samplers.tuning import schedule_options
     from .sampling import check_sampler_args, generate, resolve_sampler
     from .seeds import parse_seeds
     from .training import distributed
 
     seeds = parse_seeds(args.seeds)
     hyper = parse_kv(args.opt, "--opt")
+    class_labels = parse_class(args.class_label)
     output_kind(args.out)
-    d = distributed.setup(args.device)
+    d = distributed.setup(check_device(args.device))
     model = load_model(args.model, ema=not args.raw, device=d.device)
     args.sampler, args.nfe = resolve_sampler(model, args.sampler, args.nfe)
     check_sampler_args(args.sampler, args.nfe, hyper)
+    schedule = schedule_options(args.schedule, args.sampler, args.nfe, model)  # before accelerate: weights digest
     accelerate(model, d.device, **fast_path_options(args))
     with torch.no_grad():
         x = generate(model, seeds, batch=args.batch, device=d.device, sampler=args.sampler, nfe=args.nfe,
-                     schedule=args.schedule, progress=not args.quiet, **hyper)
+                     progress=not args.quiet, class_labels=class_labels, guidance=args.guidance, **schedule, **hyper)
     if d.is_main:
         out = write_samples(x, args.out, seeds)
-        print(f"wrote {len(seeds)} samples ({args.sampler}, {args.nfe} NFE) to {out}")
+        guided = describe(guidance_protocol(class_labels, args.guidance, args.nfe))
+        print(f"wrote {len(seeds)} samples ({args.sampler}, {args.nfe} NFE{'; ' + guided if guided else ''}) to {out}")
     distributed.teardown()
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .models import load_model, save_model
+
+    if args.dest.suffix != ".safetensors":
+        raise UserError(f"{args.dest}: the converted model is a .safetensors file; name it DEST.safetensors")
+    model = load_model(args.src)
+    save_model(model, args.dest)
+    params = sum(p.numel() for p in model.net.parameters())
+    print(f"wrote {args.dest}: {model.net_config['arch']} network ({params / 1e6:.2f}M parameters), process "
+          f"{model.process.name}, data {'x'.join(map(str, model.data_shape))}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -120,12 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
+    from .data.dataset_zip import TRANSFORMS
+
+    p = sub.add_parser("dataset", help="write images as an EDM-format zip (PNGs + dataset.json labels) for training",
+                       description="Write SRC -- a folder of images (class = top-level subfolder), a zip (EDM's "
+                       "included), an .npz/.npy array (with its 'labels') or a bundled set (digits, digits16, "
+                       "digits32) -- as DEST.zip: PNGs and dataset.json with the labels, as EDM's dataset_tool "
+                       "writes it.")
+    p.add_argument("src", help="folder, .zip, .npz/.npy (FILE.npz:KEY picks an array) or bundled image set")
+    p.add_argument("dest", help="the .zip to write (must not exist)")
+    p.add_argument("--resolution", type=positive_int, help="make every image R x R (default: keep sizes, which must "
+                   "then all agree)")
+    p.add_argument("--transform", metavar="|".join(TRANSFORMS), help="how --resolution reaches R x R: center-crop "
+                   "(crop the centre square, then resize; default) or resize (the whole image, aspect not kept)")
+    p.add_argument("--max-images", type=positive_int, help="stop after this many images")
+    p.add_argument("--skip-bad", action="store_true", help="leave out undecodable files (counted) instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_dataset)
+
     p = sub.add_parser("sample", help="generate samples from a trained model",
                        description="Generate samples. Image i depends only on seed i (any batch size, any GPU count).")
-    p.add_argument("model", help="a run directory (newest checkpoint), a checkpoint directory or a .safetensors file")
+    p.add_argument("model", help="a run directory (newest checkpoint), a checkpoint directory, a .safetensors file, "
+                   "an EDM/FDM snapshot .pkl or a diffusers pipeline folder")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: heun for EDM-family models, sscs for PSLD, "
                    "dsno for DSNO students (see `fastdiffusion info`)")
-    p.add_argument("--nfe", type=positive_int, help="network calls per sample (default: 35 heun, 100 sscs, 1 dsno)")
+    p.add_argument("--nfe", type=positive_int, help="denoiser calls per sample (default: 35 heun, 100 sscs, 1 dsno); "
+                   "with --guidance W != 1 each call is 2 network evaluations")
     p.add_argument("--out", default="samples.png", help=".png grid, .npz array, or a folder (one PNG per seed)")
     add_sampling_arguments(p, seeds="0-63", batch=256)
     p.set_defaults(func=cmd_sample)
@@ -136,11 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_arguments(p)
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("convert", help="write another library's model as a fastdiffusion .safetensors file",
+                       description="Read SRC -- an NVlabs/edm or FDM snapshot .pkl (no code from it runs), or any "
+                       "model file or run directory of this library -- and write DEST.safetensors, which loads "
+                       "without the source library and gives the same outputs. diffusers pipelines are used in "
+                       "place (load_model reads them) and cannot be converted: their networks have no equivalent "
+                       "here.")
+    p.add_argument("src", help="an EDM/FDM network-snapshot .pkl, a model file, checkpoint or run directory")
+    p.add_argument("dest", type=Path, help="the .safetensors file to write")
+    p.set_defaults(func=cmd_convert)
+
     from .bench.cli import add_parser as add_bench
     from .distill.cli import add_parser as add_distill
     from .metrics.cli import add_parser as add_eval
+    from .samplers.cli import add_parser as add_tune
 
     add_eval(sub)
+    add_tune(sub)
     add_distill(sub)
     add_bench(sub)
     return parser

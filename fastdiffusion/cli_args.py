@@ -46,22 +46,27 @@ def _scalar_type(tp: object) -> type:
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of the dataclass ``cls`` (defaults None = keep the config's value): ``--no-x`` for booleans,
-    two floats for pairs, repeatable ``--process-opt KEY=VALUE`` for ``*_options`` dicts."""
+    two floats for pairs, repeatable ``--process-opt KEY=VALUE`` for ``*_options`` dicts. Each flag's help is its
+    field's ``help`` metadata and the field's default."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag, tp = "--" + f.name.replace("_", "-"), hints[f.name]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        text = f.metadata.get("help", "")
+        if default is not None and not f.name.endswith("_options"):  # a None default says its meaning in the text
+            shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+            text = f"{text} (default: {shown})"
         if f.name.endswith("_options"):
             parser.add_argument(flag.removesuffix("ions"), dest=f.name, action="append", metavar="KEY=VALUE",
-                                help=f"override a {f.name.split('_')[0]} option (repeatable)")
+                                help=text)
         elif _scalar_type(tp) is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif typing.get_origin(tp) is tuple:
-            parser.add_argument(flag, dest=f.name, type=float, nargs=2, default=None)
+            parser.add_argument(flag, dest=f.name, type=float, nargs=2, default=None, metavar=("A", "B"), help=text)
         else:
-            parser.add_argument(flag, dest=f.name, type=_scalar_type(tp), default=None,
-                                help=f"default: {f.default}")
+            parser.add_argument(flag, dest=f.name, type=_scalar_type(tp), default=None, help=text)
 
 
 def config_overrides(args: argparse.Namespace, cls: type, base: object | None = None) -> dict:
@@ -83,14 +88,45 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, seeds: str, batch: i
     """Flags every sampling command shares: schedule, seeds, batch, sampler options, weights, precision, device."""
     from .samplers import SCHEDULES
 
-    parser.add_argument("--schedule", choices=list(SCHEDULES), help="noise-level schedule (default: the sampler's)")
+    parser.add_argument("--schedule", metavar="NAME|FILE", help=f"noise-level schedule: {', '.join(SCHEDULES)}, or a "
+                        "schedule file from `fastdiffusion tune` (default: the sampler's)")
     parser.add_argument("--seeds", default=seeds, help=f"e.g. 0-63 or 1,5,9 (default {seeds})")
     parser.add_argument("--batch", type=positive_int, default=batch, help=f"seeds per sampler batch (default {batch})")
     parser.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. churn=10")
     parser.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true")
+    add_guidance_arguments(parser)
     add_fast_path_arguments(parser)
+
+
+def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--class K|random`` and ``--guidance W`` for class-conditional models (``fastdiffusion.guidance``)."""
+    parser.add_argument("--class", dest="class_label", metavar="K|random",
+                        help="class-conditional model: class K for every seed, or one drawn from each seed (random)")
+    parser.add_argument("--guidance", type=float, metavar="W",
+                        help="classifier-free guidance D_u + W (D_c - D_u) with --class (default 1, the plain "
+                             "conditional model); W != 1 makes each NFE 2 network evaluations, batched in one call")
+
+
+def check_device(name: str) -> str:
+    """``--device``: 'auto' or a cpu / cuda[:N] / mps device present on this machine, else a one-line UserError."""
+    import torch
+
+    if name == "auto":
+        return name
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and torch.cuda.device_count() <= (dev.index or 0):
+        found = f"only {torch.cuda.device_count()} CUDA GPU(s)" if torch.cuda.is_available() else "no CUDA GPU"
+        raise UserError(f"--device {name}: this machine has {found}; use --device cpu (or auto)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here; use --device cpu (or auto)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: unsupported device type; use auto, cpu, cuda or cuda:N")
+    return name
 
 
 def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:

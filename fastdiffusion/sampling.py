@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .guidance import ClassSpec, classes_for_seeds, evaluations_per_call, guided_model, model_label_dim
 from .models import ProcessModel
 from .processes import EDM, Process
 from .samplers import SAMPLERS, SamplerSpec, get_sampler, make_sigmas
@@ -57,15 +59,31 @@ def check_sampler_args(sampler: str, nfe: int, hyper: dict) -> SamplerSpec:
     if unknown:
         raise UserError(f"sampler '{sampler}' has no option {', '.join(sorted(unknown))}; it takes "
                         f"{', '.join(spec.hyper) or 'none'}")
+    for key, value in hyper.items():  # every sampler option is a number (an integer where its default is one)
+        kind = numbers.Integral if isinstance(spec.hyper[key], int) else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind) and not (value is None and spec.hyper[key] is None):
+            raise UserError(f"--opt {key}={value}: sampler '{sampler}' option {key} takes "
+                            f"{'an integer' if kind is numbers.Integral else 'a number'} (default {spec.hyper[key]})")
     return spec
+
+
+def check_grid(sigmas: Tensor | list[float], steps: int, what: str) -> Tensor:
+    """``sigmas`` as float64, after checking it has ``steps + 1`` strictly decreasing levels ending in 0."""
+    grid = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).cpu()
+    if len(grid) != steps + 1:
+        raise UserError(f"{what} takes {steps + 1} noise levels (ending in 0), got {len(grid)}")
+    if float(grid[-1]) != 0 or not bool((grid[:-1] > grid[1:]).all()):
+        raise UserError(f"the noise levels for {what} must decrease strictly and end in 0")
+    return grid
 
 
 def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: int | None = None,
            schedule: str | None = None,
            sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
-           class_labels: Tensor | None = None, noise_fn: Callable[[Tensor], Tensor] | None = None,
+           class_labels: Tensor | int | None = None, guidance: float | None = None,
+           noise_fn: Callable[[Tensor], Tensor] | None = None,
            callback: Callable[[dict], None] | None = None, progress: bool = False, process: Process | None = None,
-           **hyper: Any) -> Tensor:
+           sigmas: Tensor | None = None, **hyper: Any) -> Tensor:
     """Generate data from standard-normal ``noise`` with exactly ``nfe`` calls of ``model``.
 
     ``model`` is a ``ProcessModel`` (its process sets the sigma range, the prior and the sampler family) or any callable
@@ -76,7 +94,11 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     whole trajectory, the t = 0 image is returned and ``callback`` receives the M trajectory points.
     The state is kept in fp32 whatever precision the model runs in. ``noise_fn`` draws
     the fresh noise of stochastic samplers (pass ``SeededNoise(seeds)`` for per-image reproducibility).
-    Without ``sampler``/``nfe`` the model family's defaults apply (``FAMILY_DEFAULTS``).
+    Without ``sampler``/``nfe`` the model family's defaults apply (``FAMILY_DEFAULTS``). ``sigmas`` (descending, ending
+    in 0, e.g. from ``tune_schedule``) replaces the schedule.
+    ``class_labels`` (integer classes (N,), one class for all, or one-hot rows (N, K)) with ``guidance`` W samples
+    D_u + W (D_c - D_u) (``guidance.Guided``; W = 1 by default, the plain conditional model); ``nfe`` counts guided
+    calls, each 2 network evaluations per sample when W != 1.
     """
     sampler, nfe = resolve_sampler(model, sampler, nfe, process)
     spec = check_sampler_args(sampler, nfe, hyper)
@@ -86,11 +108,17 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
         raise UserError(f"sampler '{sampler}' is a {spec.family} sampler and this is a {family} model: use one of "
                         f"{names}")
     lo, hi = sampling_range(model, process)
-    sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho,
-                         sampler=sampler)
-    bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE", disable=not progress, leave=False)
+    if sigmas is None:
+        sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho,
+                             sampler=sampler)
+    else:
+        sigmas = check_grid(sigmas, spec.steps(nfe), f"{sampler} at NFE {nfe}")
+    guided = guided_model(model, family, class_labels, guidance, noise.shape[0])
+    evals = evaluations_per_call(None if class_labels is None else guidance)
+    bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE" + (f" ({evals}x network evaluations)" if evals > 1 else ""),
+               disable=not progress, leave=False)
     process = model_process(model, process)
-    den = CountedModel(model, process, class_labels, bar)
+    den = CountedModel(guided, process, None, bar)
     x = process.prior(noise.float(), sigmas[0], noise_fn or torch.randn_like)
     x = run_counted(spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback, **hyper)
     bar.close()
@@ -98,9 +126,12 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
 
 
 def generate(model: Callable, seeds: list[int], *, data_shape: tuple[int, ...] | None = None, batch: int = 256,
-             device: str | torch.device = "cpu", progress: bool = True, **sample_kwargs: Any) -> Tensor:
+             device: str | torch.device = "cpu", progress: bool = True, class_labels: ClassSpec = None,
+             **sample_kwargs: Any) -> Tensor:
     """Samples for ``seeds`` in batches of ``batch``; image ``i`` depends only on ``seeds[i]``, never on the batching.
 
+    ``class_labels``: a class K for every seed, 'random' (a class drawn from each seed alone) or one label per seed;
+    ``guidance=W`` and the other keywords go to ``sample``.
     Under torchrun each rank generates ``seeds[rank::world]`` and the results are gathered in seed order.
     """
     import torch.distributed as dist
@@ -113,13 +144,16 @@ def generate(model: Callable, seeds: list[int], *, data_shape: tuple[int, ...] |
         raise UserError("the model does not say its data shape: pass data_shape=(C, H, W)")
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
+    labels = classes_for_seeds(class_labels, seeds, model_label_dim(model))
     rank, world = rank_world()
     mine = seeds[rank::world]
-    chunks = [mine[i:i + batch] for i in range(0, len(mine), batch)]
+    mine_labels = None if labels is None else labels[rank::world]
     out = []
-    for chunk in tqdm(chunks, desc="generate", disable=not progress or rank != 0):
-        noise = SeededNoise(chunk)
-        out.append(sample(model, noise.randn(shape, device), noise_fn=noise, **sample_kwargs).cpu())
+    for lo in tqdm(range(0, len(mine), batch), desc="generate", disable=not progress or rank != 0):
+        noise = SeededNoise(mine[lo:lo + batch])
+        chunk_labels = None if mine_labels is None else mine_labels[lo:lo + batch]
+        out.append(sample(model, noise.randn(shape, device), noise_fn=noise, class_labels=chunk_labels,
+                          **sample_kwargs).cpu())
     local = torch.cat(out) if out else torch.empty((0, *shape))
     if world == 1:
         return local

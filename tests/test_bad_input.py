@@ -106,3 +106,23 @@ def test_npz_arrays(tmp_path, arr):
     except UserError:
         return
     assert data.x.ndim == 4 and np.isfinite(data.x.numpy()).all()
+
+
+@pytest.mark.parametrize("kind", ["folder", "npz"])
+def test_eval_of_colour_images_against_the_grayscale_default_is_one_line(tmp_path, capsys, kind):
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    if kind == "npz":
+        source = tmp_path / "rgb.npz"
+        np.savez(source, samples=rgb)
+    else:
+        source = tmp_path / "rgb"
+        source.mkdir()
+        for i, img in enumerate(rgb):
+            Image.fromarray(img).save(source / f"{i}.png")
+    assert run_cli(["eval", str(source), "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(source) in lines[0] and "3-channel" in lines[0] and "grayscale" in lines[0]
+    assert "--reference" in lines[0]
+    assert run_cli(["eval", str(source), "--reference", str(source), "--metrics", "sliced", "--quiet"]) == 0

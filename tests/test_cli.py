@@ -119,3 +119,95 @@ def test_module_eval_cli_reports_errors_without_the_top_level_cli(tmp_path):
               "else code)")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# ---------------------------------------------------------------------------------- class labels and guidance
+
+
+@pytest.fixture(scope="module")
+def conditional_model(tmp_path_factory):
+    """A tiny 10-class EDM model file (weights moved off their zero init, so labels change the samples)."""
+    from test_guidance import tiny_model
+
+    from fastdiffusion.models import save_model
+
+    path = tmp_path_factory.mktemp("cond") / "cond.safetensors"
+    save_model(tiny_model(), path)
+    return path
+
+
+def test_sample_with_class_and_guidance_end_to_end(conditional_model, tmp_path, capsys):
+    import torch
+
+    import fastdiffusion as fd
+    from fastdiffusion.plots import to_uint8
+
+    out = tmp_path / "x.npz"
+    args = ["sample", str(conditional_model), "--seeds", "0-3", "--nfe", "5", "--sampler", "euler", "--quiet"]
+    assert main([*args, "--class", "3", "--guidance", "2", "--out", str(out)]) == 0
+    assert "euler, 5 NFE; class 3, guidance 2: 10 network evaluations per sample (2x NFE)" in capsys.readouterr().out
+    with torch.no_grad():
+        expect = fd.generate(fd.load_model(conditional_model), list(range(4)), sampler="euler", nfe=5, class_labels=3,
+                             guidance=2.0, progress=False)
+    assert np.array_equal(np.load(out)["samples"], to_uint8(expect))
+    assert main([*args, "--class", "5", "--guidance", "2", "--out", str(tmp_path / "five.npz")]) == 0
+    assert not np.array_equal(np.load(tmp_path / "five.npz")["samples"], np.load(out)["samples"])
+    for batch in ("1", "4"):  # random classes come from the seeds: any batch gives the same images
+        assert main([*args, "--class", "random", "--guidance", "3", "--batch", batch,
+                     "--out", str(tmp_path / f"r{batch}.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "r1.npz")["samples"], np.load(tmp_path / "r4.npz")["samples"])
+
+
+def test_distill_trajectories_with_class_and_guidance(conditional_model, tmp_path):
+    import json
+
+    out = tmp_path / "traj"
+    assert main(["distill", "trajectories", str(conditional_model), "--class", "2", "--guidance", "1.5", "--sampler",
+                 "euler", "--nfe", "8", "--times", "2", "--seeds", "0-2", "--out", str(out), "--quiet"]) == 0
+    guidance = json.loads((out / "manifest.json").read_text())["guidance"]
+    assert guidance == {"class": 2, "guidance": 1.5, "network_evaluations": 16}
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["sample", "{cond}", "--class", "10"], "--class 10: this model has 10 classes"),
+    (["sample", "{cond}", "--class", "two"], "--class two"),
+    (["sample", "{cond}", "--guidance", "2"], "--guidance needs --class"),
+    (["sample", "{cond}", "--class", "1", "--guidance", "-2"], "--guidance must be"),
+    (["sample", "{run}", "--class", "1"], "unconditional"),
+    (["sample", "{run}", "--sampler", "heun", "--nfe", "3", "--opt", "churn=abc"], "--opt churn=abc"),
+    (["sample", "{run}", "--device", "banana"], "--device banana"),
+    (["sample", "{run}", "--device", "cuda:99"], "--device cuda:99"),
+    (["eval", "{run}", "--device", "banana"], "--device banana"),
+    (["eval", "{run}", "--class", "1", "--n", "4", "--nfe", "1", "--sampler", "euler"], "unconditional"),
+    (["distill", "trajectories", "{run}", "--out", "{tmp}/t", "--class", "1", "--guidance", "2", "--seeds", "0"],
+     "unconditional"),
+])
+def test_guidance_device_and_option_errors_are_one_line(run_dir, conditional_model, tmp_path, capsys, argv, needle):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir)).replace("{cond}", str(conditional_model))
+            for a in argv]
+    fast = ["--nfe", "1", "--sampler", "euler"] if argv[0] == "sample" and "--sampler" not in argv else []
+    assert main([*argv, *fast, "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_device_cuda_without_a_gpu_is_one_line(run_dir, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["sample", str(run_dir), "--device", "cuda", "--nfe", "1", "--sampler", "euler", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fastdiffusion sample: error: --device cuda: this machine has no CUDA GPU; use --device cpu (or auto)"
+
+
+def test_eval_samples_a_conditional_model_with_guidance_and_reports_it(conditional_model, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(conditional_model), "--class", "random", "--guidance", "2", "--n", "8", "--sampler",
+                 "euler", "--nfe", "3", "--metrics", "fd-digits", "--out", str(out), "--quiet"]) == 0
+    protocol = json.loads(out.read_text())["results"]["fd-digits"]["protocol"]
+    assert (protocol["class"], protocol["guidance"], protocol["nfe"], protocol["network_evaluations"]) == (
+        "random", 2.0, 3, 6)
+    assert "class random, guidance 2: 6 network evaluations per sample (2x NFE)" in capsys.readouterr().out

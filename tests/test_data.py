@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import zipfile
 from pathlib import Path
@@ -413,3 +415,171 @@ def test_toys(name: str) -> None:
     ds = load_dataset(name)
     assert ds.x.shape == (20_000, 2) and ds.kind == "points"
     _expect_user_error([name], toys.TOYS[name], 0)
+
+
+# ----------------------------------------------------------------------- labels and storage
+
+
+def test_digits_carry_their_ten_classes_in_image_order() -> None:
+    from sklearn.datasets import load_digits as sk
+
+    bunch = sk()
+    for split in ("all", "train", "test"):
+        ds = load_dataset("digits", split=split)
+        rows = split_indices(len(bunch.target), split, labels=bunch.target)
+        assert ds.labels.num_classes == 10 and ds.labels.names == [str(k) for k in range(10)]
+        np.testing.assert_array_equal(ds.labels.values, bunch.target[rows])
+        # The label of image i is the class of the sklearn image it was made from.
+        expected = np.rint(bunch.images[rows] * 255 / 16).astype(np.uint8)[:, None]
+        np.testing.assert_array_equal(ds.samples.__getitems__(list(range(len(ds)))).x.numpy(), expected)
+        got = ds.samples.__getitems__([3, 0, 3])
+        assert got.labels.tolist() == [int(bunch.target[rows][i]) for i in (3, 0, 3)]
+
+
+def test_folder_labels_from_class_folders_and_dataset_json(tmp_path: Path) -> None:
+    images = _rng_images(5, 3, 4, 4)
+    classes = ["zebra", "cat", "zebra", "dog", "cat"]
+    for i, (arr, c) in enumerate(zip(images, classes, strict=True)):
+        _save(arr, tmp_path / "set" / "wrapper" / c / f"{i}.png")  # a common wrapper folder is not a class
+    ds = load_dataset(str(tmp_path / "set"))
+    # Sorted by path: cat/1, cat/4, dog/3, zebra/0, zebra/2; classes numbered in sorted order.
+    assert ds.labels.names == ["cat", "dog", "zebra"] and ds.labels.values.tolist() == [0, 0, 1, 2, 2]
+    np.testing.assert_array_equal(ds.samples.__getitems__([2]).x.numpy()[0], images[3])
+    assert ds.samples.__getitems__([2, 4]).labels.tolist() == [1, 2]
+    # A dataset.json at the root wins over folder names (EDM's format, paths relative to the root).
+    names = sorted(p.relative_to(tmp_path / "set").as_posix() for p in (tmp_path / "set").rglob("*.png"))
+    meta = {"labels": [[n, 7 - k] for k, n in enumerate(names)]}
+    (tmp_path / "set" / "dataset.json").write_text(json.dumps(meta))
+    ds = load_dataset(str(tmp_path / "set"))
+    assert ds.labels.values.tolist() == [7, 6, 5, 4, 3] and ds.labels.num_classes == 8
+    # Images loose at the root: no labels.
+    _save(images[0], tmp_path / "flat" / "a.png")
+    _save(images[1], tmp_path / "flat" / "b.png")
+    assert load_dataset(str(tmp_path / "flat")).labels is None
+
+
+def test_zip_labels_from_dataset_json_and_folders(tmp_path: Path) -> None:
+    images = _rng_images(3, 1, 5, 5)
+
+    def png(arr: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(arr[0]).save(buf, "png")
+        return buf.getvalue()
+
+    names = [f"00000/img{i:08d}.png" for i in range(3)]  # EDM's layout
+    with zipfile.ZipFile(tmp_path / "edm.zip", "w") as zf:
+        for name, arr in zip(names, images, strict=True):
+            zf.writestr(name, png(arr))
+        zf.writestr("dataset.json", json.dumps({"labels": [[n, k] for n, k in zip(names, [4, 0, 2], strict=True)]}))
+    ds = load_dataset(str(tmp_path / "edm.zip"))
+    assert ds.labels.values.tolist() == [4, 0, 2] and ds.labels.num_classes == 5 and ds.storage == "image files"
+    got = ds.samples.__getitems__([0, 1, 2])
+    np.testing.assert_array_equal(got.x.numpy(), images)
+    assert got.labels.tolist() == [4, 0, 2]
+    with zipfile.ZipFile(tmp_path / "unlabelled.zip", "w") as zf:
+        for name, arr in zip(names, images, strict=True):
+            zf.writestr(name, png(arr))
+        zf.writestr("dataset.json", json.dumps({"labels": None}))
+    assert load_dataset(str(tmp_path / "unlabelled.zip")).labels is None
+    with zipfile.ZipFile(tmp_path / "classes.zip", "w") as zf:
+        for name, arr in zip(["b/x.png", "a/y.png", "b/z.png"], images, strict=True):
+            zf.writestr(name, png(arr))
+    ds = load_dataset(str(tmp_path / "classes.zip"))
+    assert ds.labels.names == ["a", "b"] and ds.labels.values.tolist() == [0, 1, 1]
+
+
+def test_bad_labels_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    images = _rng_images(2, 1, 4, 4)
+    _save(images[0], tmp_path / "s" / "a.png")
+    _save(images[1], tmp_path / "s" / "b.png")
+    (tmp_path / "s" / "dataset.json").write_text('{"labels": [["a.png", 1]]}')
+    _expect_user_error(["dataset.json", "b.png"], load_dataset, str(tmp_path / "s"))
+    (tmp_path / "s" / "dataset.json").write_text('{"labels": [["a.png", 1], ["b.png", -1]]}')
+    _expect_user_error(["dataset.json", "class index"], load_dataset, str(tmp_path / "s"))
+    (tmp_path / "s" / "dataset.json").write_text("{not json")
+    _expect_user_error(["dataset.json", "JSON"], load_dataset, str(tmp_path / "s"))
+    np.savez(tmp_path / "short.npz", images=_rng_images(3, 1, 4, 4), labels=np.arange(2))
+    _expect_user_error(["short.npz:labels", "(3,)"], load_dataset, str(tmp_path / "short.npz"))
+    np.savez(tmp_path / "neg.npz", images=_rng_images(3, 1, 4, 4), labels=np.array([0, -1, 2]))
+    _expect_user_error(["neg.npz:labels", "non-negative"], load_dataset, str(tmp_path / "neg.npz"))
+    np.savez(tmp_path / "float.npz", images=_rng_images(3, 1, 4, 4), labels=np.array([0.5, 1, 2]))
+    _expect_user_error(["float.npz:labels", "float64"], load_dataset, str(tmp_path / "float.npz"))
+
+
+def test_npz_is_memory_mapped_where_stored_raw(tmp_path: Path) -> None:
+    u8 = _rng_images(6, 3, 5, 5)
+    labels = np.array([2, 0, 1, 1, 0, 2])
+    np.savez(tmp_path / "raw.npz", images=u8.transpose(0, 2, 3, 1), labels=labels)  # NHWC, stored uncompressed
+    np.savez_compressed(tmp_path / "deflated.npz", images=u8, labels=labels)
+    np.save(tmp_path / "plain.npy", u8)
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(u8))
+    for name, storage in (("raw.npz", "memory-mapped"), ("deflated.npz", "in memory"),
+                          ("plain.npy", "memory-mapped"), ("fortran.npy", "memory-mapped")):
+        ds = load_dataset(str(tmp_path / name))
+        assert ds.storage == storage, name
+        got = ds.samples.__getitems__([5, 0, 5])
+        np.testing.assert_array_equal(got.x.numpy(), u8[[5, 0, 5]], err_msg=name)
+        assert (got.labels is None) == name.endswith(".npy")
+        if got.labels is not None:
+            assert got.labels.tolist() == [2, 2, 2] and ds.labels.num_classes == 3
+        torch.testing.assert_close(ds.x, torch.from_numpy(u8).float() / 127.5 - 1, rtol=0, atol=0)
+    assert load_dataset(str(tmp_path / "raw.npz")).samples.mapping is not None
+    # A split keeps the whole set's class count, and its labels follow its images.
+    test = load_dataset(str(tmp_path / "raw.npz"), split="test")
+    rows = split_indices(6, "test")
+    assert test.labels.num_classes == 3 and test.labels.values.tolist() == labels[rows].tolist()
+    np.testing.assert_array_equal(test.samples.__getitems__([0]).x.numpy()[0], u8[rows[0]])
+
+
+def test_image_files_are_decoded_on_demand_and_checked(tmp_path: Path) -> None:
+    """A folder opens by reading its first image only; a later file of another size stops the read that meets it
+    with one line naming it and the first."""
+    _save(_rng_images(1, 1, 8, 8)[0], tmp_path / "d" / "a.png")
+    _save(_rng_images(1, 1, 8, 9)[0], tmp_path / "d" / "b.png")
+    (tmp_path / "d" / "c.png").write_bytes(b"not an image")
+    ds = load_dataset(str(tmp_path / "d"))
+    assert ds.shape == (1, 8, 8) and len(ds) == 3
+    assert ds.samples.__getitems__([0, 0]).x.shape == (2, 1, 8, 8)
+    got = ds.samples.__getitems__([0, 1])
+    assert got.x is None and "b.png" in got.error and "a.png" in got.error and "\n" not in got.error
+    assert "c.png" in ds.samples.__getitems__([2]).error
+    _expect_user_error(["b.png", "fastdiffusion dataset"], lambda: ds.x)
+
+
+def test_batch_loader_draws_the_global_batch_and_resumes_from_its_position(tmp_path: Path) -> None:
+    """Worker processes or not, every rank's rows come from one global draw per step, and a loader restarted from a
+    saved position continues with the very batches that followed it."""
+    from fastdiffusion.data.loader import BatchLoader
+
+    paths = _write_folder(tmp_path / "f", _rng_images(40, 1, 4, 4))
+    for k, p in enumerate(paths):  # two class folders, so batches carry labels
+        target = tmp_path / "g" / ("a" if k % 2 else "b") / p.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        p.rename(target)
+    ds = load_dataset(str(tmp_path / "g"))
+    everything = ds.samples.__getitems__(list(range(len(ds))))
+
+    def batches(workers: int, rows: slice, n: int = 5, seed: int = 3) -> list:
+        loader = BatchLoader(ds.samples, 8, rows, torch.Generator().manual_seed(seed), workers=workers,
+                             pin_memory=False)
+        out = [loader.next() for _ in range(n)]
+        loader.close()
+        return out
+
+    whole = batches(0, slice(None))
+    g = torch.Generator().manual_seed(3)
+    for got in whole:  # the rows are those of the generator's draw, in order
+        idx = torch.randint(len(ds), (8,), generator=g)
+        assert torch.equal(got.x, everything.x[idx]) and torch.equal(got.labels, everything.labels[idx])
+    for workers in (0, 2):
+        halves = zip(batches(workers, slice(0, 4)), batches(workers, slice(4, 8)), strict=True)
+        for w, (a, b) in zip(whole, halves, strict=True):
+            assert torch.equal(torch.cat([a.x, b.x]), w.x) and torch.equal(torch.cat([a.labels, b.labels]), w.labels)
+    loader = BatchLoader(ds.samples, 8, slice(None), torch.Generator().manual_seed(3), workers=2, pin_memory=False)
+    loader.next()
+    loader.next()
+    position = loader.position()  # the workers have drawn batches ahead by now
+    assert loader.lookahead == 4 and not torch.equal(position, loader.stream.generator.get_state())
+    loader.restart(position)
+    assert [torch.equal(loader.next().x, w.x) for w in whole[2:]] == [True] * 3
+    loader.close()

@@ -200,6 +200,7 @@ def test_gmm_metrics_exact_samples_vs_shifted():
 
 def test_fid_missing_weights_names_the_file(monkeypatch, tmp_path):
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no torch-fidelity cache to fall back on
     with pytest.raises(UserError, match=INCEPTION_FILE) as err:
         load_inception(None)
     assert "torch-fidelity" in str(err.value)
@@ -283,7 +284,7 @@ def test_module_cli_missing_inception_is_one_line_exit_2(tmp_path):
     from fastdiffusion.outputs import write_samples
 
     write_samples(load_dataset("digits", split="test").x[:8], tmp_path / "s.npz", list(range(8)))
-    env = {k: v for k, v in os.environ.items() if k != INCEPTION_ENV}
+    env = {**{k: v for k, v in os.environ.items() if k != INCEPTION_ENV}, "TORCH_HOME": str(tmp_path / "th")}
     proc = subprocess.run([sys.executable, "-m", "fastdiffusion.metrics.cli", str(tmp_path / "s.npz"),
                            "--metrics", "fid"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
@@ -308,7 +309,7 @@ def test_eval_cli_on_a_tiny_trained_model(tmp_path, capsys):
         assert (p["sampler"], p["nfe"], p["weights"], p["seeds"], p["n_generated"]) == ("euler", 2, "raw", "10-33", 24)
         assert p["model_file"].endswith("model.safetensors") and len(p["model_sha256"]) == 64
     fd = report["results"]["fd-digits"]
-    assert fd["value"] > 0 and fd["protocol"]["reference"] == "digits32@test"
+    assert fd["value"] > 0 and fd["protocol"]["reference"] == "digits@test"  # the test split at the samples' 8 px
     assert len(fd["protocol"]["feature_network_sha256"]) == 64
     assert report["results"]["sliced"]["protocol"]["reference"] == "digits@test"  # the run's data, 8 px
 
@@ -410,3 +411,179 @@ def test_evaluate_fid_wiring_folder_reference_and_stats_file(tmp_path, monkeypat
     assert b["results"]["fid"]["protocol"]["reference"] == str(stats)
     with pytest.raises(UserError, match="statistics file"):
         evaluate(samples, metrics="fid,sliced", reference=str(stats))
+
+
+# ------------------------------------------------------------------------------------------------------ KID
+
+
+def _mmd2_brute_force(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD² of Bińkowski et al. with k(a, b) = (aᵀb / d + 1)³, summed pair by pair in float64."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    d, m, n = x.shape[1], len(x), len(y)
+    k = lambda a, b: (float(a @ b) / d + 1.0) ** 3  # noqa: E731
+    within_x = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    within_y = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    cross = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return within_x + within_y - 2 * cross
+
+
+def test_mmd2_unbiased_matches_a_float64_brute_force():
+    from fastdiffusion.metrics.kid import mmd2_unbiased
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 5)).astype(np.float32)
+    y = (rng.standard_normal((9, 5)) * 1.3 + 0.4).astype(np.float32)
+    expect = _mmd2_brute_force(x, y)
+    assert expect > 0.05
+    assert mmd2_unbiased(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(expect, rel=1e-12)
+
+
+def test_kid_averages_the_brute_force_over_its_documented_subsets():
+    from fastdiffusion.metrics.kid import kid
+
+    rng = np.random.default_rng(1)
+    f, r = rng.standard_normal((12, 4)), rng.standard_normal((10, 4)) + 0.3
+    out = kid(torch.from_numpy(f), torch.from_numpy(r), subsets=5, subset_size=6, seed=3)
+    g = torch.Generator().manual_seed(3)
+    values = []
+    for _ in range(5):  # pair s: randperm(N_gen)[:m], then randperm(N_ref)[:m], from one generator
+        i, j = torch.randperm(12, generator=g)[:6].numpy(), torch.randperm(10, generator=g)[:6].numpy()
+        values.append(_mmd2_brute_force(f[i], r[j]))
+    assert out["value"] == pytest.approx(np.mean(values), rel=1e-12)
+    assert out["std"] == pytest.approx(np.std(values), rel=1e-9) and out["std"] > 0
+    assert (out["subsets"], out["subset_size"]) == (5, 6)
+    whole = kid(torch.from_numpy(f[:10]), torch.from_numpy(r), subset_size=1000)  # every subset is the whole set
+    assert whole["subset_size"] == 10 and whole["std"] < 1e-12
+    assert whole["value"] == pytest.approx(_mmd2_brute_force(f[:10], r), rel=1e-10)
+
+
+def test_kid_digits_in_evaluate_uses_the_classifier_features_and_orders_quality(digits):
+    from fastdiffusion.metrics.kid import kid
+
+    tr16 = load_dataset("digits16", split="train").x[:300]
+    noisy = (tr16 + 0.6 * torch.randn(tr16.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    good = evaluate(tr16, metrics="kid-digits", reference="digits16@test")["results"]["kid-digits"]
+    bad = evaluate(noisy, metrics="kid-digits", reference="digits16@test")["results"]["kid-digits"]
+    p = good["protocol"]
+    assert (p["reference"], p["n_reference"], p["subset_size"], p["subsets"]) == ("digits16@test", 360, 300, 100)
+    direct = kid(digits_features(tr16), digits_features(load_dataset("digits16", split="test").x), subset_size=1000)
+    assert good["value"] == pytest.approx(direct["value"], rel=1e-9)
+    assert abs(good["value"]) < 0.1 * bad["value"] and bad["value"] > 0
+
+
+def test_kid_and_fid_share_one_feature_extraction(tmp_path, monkeypatch):
+    import fastdiffusion.metrics.fid as fid_module
+    from fastdiffusion.metrics.kid import kid
+
+    proj = torch.randn(3 * 16 * 16, 6, generator=torch.Generator().manual_seed(0))
+    rows = []
+
+    def extractor(u8):
+        rows.append(len(u8))
+        return (u8.float().flatten(1) / 255) @ proj.to(u8.device)
+
+    info = {"feature_network": "stand-in", "feature_network_sha256": "f" * 64}
+    monkeypatch.setattr(fid_module, "load_inception", lambda path=None, device="cpu": (extractor, info))
+    samples = load_dataset("digits16", split="train").x[:50]
+    reference = load_dataset("digits16", split="test").x
+    out = evaluate(samples, metrics="fid,kid", reference="digits16@test", batch=32)["results"]
+    assert sum(rows) == 50 + 360  # samples and reference each went through the network once
+    u8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).expand(-1, 3, -1, -1)  # noqa: E731
+    fs, fr = extractor(u8(samples)), extractor(u8(reference))
+    assert out["kid"]["value"] == pytest.approx(kid(fs, fr)["value"], rel=1e-9)
+    assert out["kid"]["protocol"]["feature_network"] == "stand-in" and out["kid"]["protocol"]["subset_size"] == 50
+    cov = lambda f: np.cov(f.double().numpy(), rowvar=False)  # noqa: E731
+    expect = frechet_distance(fs.double().mean(0), cov(fs), fr.double().mean(0), cov(fr))
+    assert out["fid"]["value"] == pytest.approx(expect, rel=1e-8)
+
+
+def test_inception_weights_are_found_in_torch_fidelitys_cache(tmp_path, monkeypatch):
+    from fastdiffusion.metrics.fid import resolve_inception
+
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / INCEPTION_FILE  # where torch.hub.load_state_dict_from_url keeps it
+    with pytest.raises(UserError, match=str(cached.parent)):
+        resolve_inception(None)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    assert resolve_inception(None) == cached
+    other = tmp_path / "mine.pth"
+    other.write_bytes(b"w")
+    assert resolve_inception(other) == other  # a given path still comes first
+
+
+# ------------------------------------------------------------------------ references: names and training overlap
+
+
+def test_eval_uses_and_names_the_reference_it_was_given():
+    te16, tr16 = (load_dataset("digits16", split=s).x for s in ("test", "train"))
+    same = evaluate(te16, metrics="fd-digits,prdc", reference="digits16@test")["results"]
+    assert same["fd-digits"]["protocol"]["reference"] == "digits16@test"
+    assert same["fd-digits"]["value"] == pytest.approx(0.0, abs=1e-6)  # the samples are the reference images
+    assert same["prdc"]["protocol"]["reference"] == "digits16@test"
+    train = evaluate(te16, metrics="fd-digits", reference="digits16@train")["results"]["fd-digits"]
+    assert (train["protocol"]["reference"], train["protocol"]["n_reference"]) == ("digits16@train", 1437)
+    assert train["value"] == pytest.approx(fd_digits(te16, tr16), rel=1e-9)
+    up = evaluate(load_dataset("digits32", split="test").x, metrics="fd-digits", reference="digits16@train")
+    assert up["results"]["fd-digits"]["protocol"]["reference"] == "digits32@train"  # matched to 32-px samples
+
+
+def test_eval_warns_when_the_reference_overlaps_the_training_split(tmp_path, capsys):
+    import shutil
+
+    from fastdiffusion.checkpoint import list_checkpoints
+    from fastdiffusion.training import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(run_dir=str(run), data="digits", data_split="train", net="ddpmpp-tiny", batch=16, steps=1,
+                      ckpt_every=1, grid_images=1, grid_nfe=1, lr_warmup=1), quiet=True)
+    out = tmp_path / "eval.json"
+    args = ["--n", "8", "--sampler", "euler", "--nfe", "1", "--batch", "8", "--metrics", "fd-digits,memorization",
+            "--out", str(out), "--quiet"]
+
+    def warnings(model, *extra):
+        assert eval_main([str(model), *args, *extra]) == 0
+        report = json.loads(out.read_text())
+        assert capsys.readouterr().err.count("fastdiffusion eval: warning: ") == len(report["warnings"])
+        return report
+
+    held_out = warnings(run)  # the default reference is the test split this run held out
+    assert held_out["warnings"] == [] and held_out["protocol"]["training_data"] == "digits@train"
+    own = warnings(run, "--reference", "train")
+    assert own["warnings"] == ["the reference digits@train of fd-digits overlaps the model's training data "
+                               "(digits@train): these numbers measure fit to training images; evaluate on a split it "
+                               "did not train on (train with --data-split train, evaluate with --reference test)"]
+    alone = tmp_path / "alone" / "model.safetensors"
+    alone.parent.mkdir()
+    shutil.copy(list_checkpoints(run)[0] / "ema.safetensors", alone)
+    assert warnings(alone)["warnings"] == [f"cannot check whether the reference overlaps the model's training data: "
+                                           f"{alone} has no run config.json recording its data and split"]
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_split": "all"}))  # as the demo used to train
+    everything = warnings(run)["warnings"]
+    assert len(everything) == 2 and "digits@test of fd-digits overlaps" in everything[0]
+    assert everything[1].startswith("memorization's held-out set digits@test is in the model's training data")
+
+
+def test_class_accuracy_scores_samples_against_the_classes_they_were_generated_for():
+    from sklearn.datasets import load_digits
+    from test_guidance import tiny_model
+
+    import fastdiffusion as fd
+    from fastdiffusion.guidance import seed_classes
+    from fastdiffusion.metrics.digits_classifier import classify_features
+
+    every = load_dataset("digits32", split="all").x  # the bundled order is sklearn's
+    truth = torch.from_numpy(load_digits().target)
+    assert (classify_features(digits_features(every)) == truth).double().mean() > 0.99
+    model = tiny_model()
+    report = evaluate(model, n=12, sampler="euler", nfe=2, class_labels="random", guidance=2.0, device="cpu")
+    assert set(report["results"]) == {"fd-digits", "kid-digits", "class-accuracy", "prdc", "memorization"}
+    with torch.no_grad():
+        x = fd.generate(model, list(range(12)), sampler="euler", nfe=2, class_labels="random", guidance=2.0,
+                        progress=False)
+    expect = (classify_features(digits_features(x)) == seed_classes(range(12), 10)).double().mean()
+    assert report["results"]["class-accuracy"]["value"] == pytest.approx(float(expect), abs=1e-12)
+    with pytest.raises(UserError, match="class-accuracy needs"):
+        evaluate(every[:8], metrics="class-accuracy")

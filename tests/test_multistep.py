@@ -144,3 +144,38 @@ def test_dpmpp_3m_deliberately_differs_from_k_diffusion(kd, ode_problem):
     their_slope = np.log(their_err[-2] / their_err[-1]) / np.log(2)
     assert 1.7 < their_slope < 2.4, their_err
     assert ours_err[-1] < their_err[-1] / 3
+
+
+COARSE = GaussianMixture.random(64, 16, seed=7, component_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def coarse_problem():
+    from fastdiffusion.samplers.tuning import reference_solve
+
+    den = MixtureDenoiser(COARSE)
+    z = torch.randn(256, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return den, z, reference_solve(den, z, nfe=255).endpoint
+
+
+def _rms(den, z, ref, sampler, nfe, schedule, **opts):
+    return float((fd.sample(den, z, sampler=sampler, nfe=nfe, schedule=schedule, **opts) - ref).square().mean().sqrt())
+
+
+@pytest.mark.parametrize("nfe", [5, 6, 8, 10])
+def test_third_order_is_held_back_on_coarse_grids(coarse_problem, nfe, monkeypatch):
+    """On Karras grids at low NFE the λ-steps exceed 1: unguarded 3rd order diverges even on exact scores (at NFE 5
+    and 6 by more than 2x); the guarded solvers are never worse than their 2nd-order siblings."""
+    den, z, ref = coarse_problem
+    two = _rms(den, z, ref, "dpmpp-2m", nfe, "karras")
+    assert _rms(den, z, ref, "dpmpp-3m", nfe, "karras") <= two
+    assert _rms(den, z, ref, "unipc", nfe, "karras") <= _rms(den, z, ref, "unipc", nfe, "karras", order=2)
+    if nfe in (5, 6):
+        monkeypatch.setattr(multistep, "THIRD_ORDER_MAX_STEP", float("inf"))
+        assert _rms(den, z, ref, "dpmpp-3m", nfe, "karras") > 2 * two
+
+
+@pytest.mark.parametrize("nfe", [15, 20, 40])
+def test_third_order_is_used_on_fine_grids(coarse_problem, nfe):
+    den, z, ref = coarse_problem
+    assert _rms(den, z, ref, "dpmpp-3m", nfe, "logsnr") < 0.9 * _rms(den, z, ref, "dpmpp-2m", nfe, "logsnr")

@@ -227,3 +227,307 @@ def test_psld_trains_and_draws_its_grid_with_the_family_default_sampler(tmp_path
     png = np.array(Image.open(tmp_path / "psld" / "samples.png"))
     assert np.array_equal(png, rendered(draw("sscs"), "gmm", tmp_path / "sscs.png"))
     assert not np.array_equal(png, rendered(draw("em"), "gmm", tmp_path / "em.png"))
+
+
+# -- data pipeline, conditional training, configuration (issue 18) ---------------------------------------------------
+
+def digits_zip(tmp_path) -> Path:
+    """The bundled 8-px digits written as an EDM zip (with their 10 labels), made once per test directory."""
+    path = tmp_path / "digits.zip"
+    if not path.exists():
+        from fastdiffusion.data.dataset_zip import write_dataset_zip
+
+        write_dataset_zip("digits", path, progress=False)
+    return path
+
+
+def digits_npz(tmp_path) -> Path:
+    """The bundled 8-px digits as an uncompressed .npz (memory-mapped by the loader), with their labels."""
+    data = load_dataset("digits")
+    np.savez(tmp_path / "digits.npz", images=data.samples.array, labels=data.labels.values)
+    return tmp_path / "digits.npz"
+
+
+def same_run(a: Path, b: Path, step: int) -> bool:
+    ckpt = f"ckpt-{step:08d}"
+    wa, wb = weights(a / ckpt), weights(b / ckpt)
+    return losses(a) == losses(b) and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("source", ["npz", "zip"])
+def test_resume_is_bit_exact_with_memory_mapped_and_streamed_data(tmp_path, source):
+    """npz: memory-mapped, gathered in the training process from the step generator. zip: decoded by 2 DataLoader
+    workers ahead of the step from the indices' own generator, whose position the checkpoint keeps. Both, with flips
+    and conditional labels, resume to the uninterrupted run bit for bit."""
+    data = str(digits_npz(tmp_path) if source == "npz" else digits_zip(tmp_path))
+    opts = {"data": data, "cond": True, "xflip": True, "steps": 6}
+    if source == "zip":
+        opts["loader_workers"] = 2
+    train(tiny(tmp_path / "full", **opts), quiet=True)
+    train(tiny(tmp_path / "split", **{**opts, "steps": 3}), quiet=True)
+    train(tiny(tmp_path / "split", **opts), resume=True, quiet=True)
+    assert same_run(tmp_path / "full", tmp_path / "split", 6)
+    state = load_file(str(tmp_path / "split" / "ckpt-00000006" / "optimizer.safetensors"))
+    assert ("rng.index_generator" in state) == (source == "zip")
+
+
+def test_two_gloo_processes_and_accumulation_draw_the_same_examples_from_a_zip(tmp_path):
+    """From a zip with loader workers, labels and flips: 2 gloo processes, 1 process, and 1 process with 4
+    accumulation rounds make the same updates (each rank decodes only its rows of the one global draw)."""
+    data = str(digits_zip(tmp_path))
+    extra = {"data": data, "cond": True, "xflip": True, "steps": 3, "loader_workers": 1}
+    train(tiny(tmp_path / "one", **extra), quiet=True)
+    train(tiny(tmp_path / "accum", accum=4, **extra), quiet=True)
+    args = ["--run-dir", str(tmp_path / "two"), "--data", data, "--cond", "--xflip", "--net", "ddpmpp-tiny",
+            "--net-opt", "dropout=0.0", "--batch", "16", "--steps", "3", "--lr", "2e-3", "--lr-warmup", "2",
+            "--ckpt-every", "3", "--log-every", "1", "--grid-images", "4", "--grid-nfe", "3", "--ema-halflife-kimg",
+            "0.05", "--process", "fdm-edm", "--process-opt", "warmup_ite=4", "--loader-workers", "1", "--device",
+            "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(_free_port()), "-m", "fastdiffusion.cli", "train", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = weights(tmp_path / "one" / "ckpt-00000003")
+    for other in ("two", "accum"):
+        got = weights(tmp_path / other / "ckpt-00000003")
+        assert all(torch.allclose(ref[k], got[k], atol=1e-5) for k in ref), other
+        assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / other), rel=1e-5), other
+
+
+def test_labels_reach_the_network_one_hot_with_dropout_drawn_for_the_global_batch():
+    """draw_batch turns the fetched classes into EDM's one-hot rows, zeroing the rows whose label is dropped (one
+    uniform per example of the global batch, after the noise), and the loss hands them to model(x, sigma, labels)."""
+    from fastdiffusion.data import Fetched
+    from fastdiffusion.processes import make_process
+    from fastdiffusion.training.loop import draw_batch
+
+    cfg = TrainConfig(batch=400, cond=True, label_dropout=0.25)
+    process = make_process("edm")
+    classes = torch.arange(400) % 7
+    fetched = Fetched(torch.zeros(400, 1, 2, 2, dtype=torch.uint8), classes)
+    batch = draw_batch(fetched, cfg, process, torch.Generator().manual_seed(5), label_dim=7)
+    kept = batch.labels.sum(1) == 1
+    assert torch.equal(batch.labels[kept].argmax(1), classes[kept]) and (batch.labels[~kept] == 0).all()
+    gen = torch.Generator().manual_seed(5)  # the dropout draw comes after sigma and noise, from the same generator
+    process.sample_sigma(400, gen)
+    torch.randn(400, 1, 2, 2, generator=gen)
+    assert torch.equal(kept, torch.rand(400, generator=gen) >= 0.25) and 0.65 < kept.float().mean() < 0.85
+    half = draw_batch(Fetched(fetched.x[200:], classes[200:]), cfg, process, torch.Generator().manual_seed(5),
+                      slice(200, 400), label_dim=7)
+    assert torch.equal(half.labels, batch.labels[200:]) and torch.equal(half.noise, batch.noise[200:])
+    seen = []
+
+    def model(x, sigma, labels):
+        seen.append(labels)
+        return x
+
+    process.training_loss(model, batch.x0, batch.sigma, batch.noise, class_labels=batch.labels)
+    assert seen[0] is batch.labels
+
+
+def test_conditional_run_records_its_classes_and_draws_one_class_per_seed(tmp_path):
+    ckpt = train(tiny(tmp_path / "c", cond=True, steps=2, ckpt_every=2), quiet=True)
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert cfg["cond"] and cfg["label_dropout"] == 0.1 and cfg["net_options"]["label_dim"] == 10
+    model = fd.load_model(ckpt)
+    assert model.net_config["label_dim"] == 10 and model.net_config.get("label_dropout", 0) == 0
+    meta = json.loads((ckpt / "state.json").read_text())["model"]
+    assert meta["data"] == {"spec": "digits", "split": "all", "num_classes": 10,
+                            "class_names": [str(k) for k in range(10)]}
+    # The grid shows class seed mod 10 for seeds 0-3.
+    noise = fd.SeededNoise(range(4))
+    x = fd.sample(model, noise.randn(model.data_shape), sampler="heun", nfe=3, noise_fn=noise,
+                  class_labels=torch.arange(4))
+    other = fd.sample(model, noise.randn(model.data_shape), sampler="heun", nfe=3, noise_fn=noise,
+                      class_labels=torch.arange(4) + 1)
+    png = np.array(Image.open(tmp_path / "c" / "samples.png"))
+    save_samples(x, tmp_path / "want.png")
+    save_samples(other, tmp_path / "other.png")
+    assert np.array_equal(png, np.array(Image.open(tmp_path / "want.png")))
+    assert not np.array_equal(png, np.array(Image.open(tmp_path / "other.png")))
+
+
+@pytest.mark.parametrize(("kw", "needles"), [
+    ({"data": "moons", "net": "mlp", "net_options": {}, "cond": True}, ["--cond", "moons", "no class labels"]),
+    ({"net_options": {"label_dim": 10}}, ["label_dim=10", "--cond"]),
+    ({"cond": True, "net_options": {"label_dim": 4}}, ["label_dim=4", "10 classes"]),
+    ({"label_dropout": 0.2}, ["--label-dropout", "--cond"]),
+    ({"cond": True, "label_dropout": 1.0}, ["--label-dropout", "[0, 1)"]),
+    ({"net_options": {"label_dropout": 0.1}}, ["label_dropout", "--label-dropout"]),
+    ({"process_options": {"multiplier": "abc"}}, ["multiplier=abc", "number"]),
+    ({"logger": "wandb"}, ["--logger", "tensorboard"]),
+    ({"data_split": "val"}, ["--data-split", "train"]),
+])
+def test_conditioning_and_config_errors_are_one_line(tmp_path, kw, needles):
+    with pytest.raises(UserError) as info:
+        train(tiny(tmp_path / "r", **kw), quiet=True)
+    msg = str(info.value)
+    assert "\n" not in msg and all(n in msg for n in needles), msg
+    assert not list((tmp_path / "r").glob("ckpt-*"))
+
+
+def test_unlabelled_folder_with_cond_is_one_line_at_the_cli(tmp_path, capsys):
+    from fastdiffusion.cli import main
+
+    for k in range(2):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(tmp_path / f"{k}.png")
+    assert main(["train", "--data", str(tmp_path), "--cond", "--run-dir", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no class labels" in err[0] and "fastdiffusion dataset" in err[0]
+
+
+def cli(*argv) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fastdiffusion.cli", *argv], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_resume_with_steps_continues_the_saved_configuration(tmp_path):
+    """The README's own example: `train --run-dir R --resume --steps N` keeps every other saved setting (config.json
+    is not rewritten from the defaults), and a changed data set is still refused."""
+    run = tmp_path / "run"
+    first = ["--data", str(digits_zip(tmp_path)), "--net", "ddpmpp-tiny", "--net-opt", "dropout=0.0", "--batch", "8",
+             "--steps", "2", "--lr", "3e-3", "--lr-warmup", "1", "--ema-halflife-kimg", "0.02", "--ckpt-every", "2",
+             "--log-every", "1", "--grid-images", "2", "--grid-nfe", "1", "--process", "edm", "--process-opt",
+             "P_mean=-1.0", "--cond", "--label-dropout", "0.2", "--seed", "7", "--quiet"]
+    assert cli("train", "--run-dir", str(run), *first).returncode == 0
+    saved = json.loads((run / "config.json").read_text())
+    proc = cli("train", "--run-dir", str(run), "--resume", "--steps", "3", "--log-every", "2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    now = json.loads((run / "config.json").read_text())
+    assert now == {**saved, "steps": 3, "log_every": 2}
+    state = json.loads((run / "ckpt-00000003" / "state.json").read_text())
+    assert state["step"] == 3 and state["config"] == now
+    dry = cli("train", "--run-dir", str(run), "--resume", "--steps", "9", "--process-opt", "P_std=1.1", "--dry-run")
+    assert json.loads(dry.stdout)["process_options"] == {"P_mean": -1.0, "P_std": 1.1}
+    refused = cli("train", "--run-dir", str(run), "--resume", "--data", "digits", "--steps", "4")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "data=" in lines[0]
+
+
+def test_resume_without_a_run_and_with_config_are_one_line(tmp_path):
+    for argv, needle in ((["--run-dir", str(tmp_path / "none"), "--resume"], "does not exist"),
+                         (["--run-dir", str(tmp_path), "--resume"], "holds no run"),
+                         (["--resume", "--config", str(tmp_path / "c.json")], "drop --config")):
+        proc = cli("train", *argv, "--quiet")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(UserError, match="does not exist"):
+        train(tiny(tmp_path / "none"), resume=True, quiet=True)
+
+
+def test_presets_state_their_data_steps_warmup_and_run_dir(tmp_path):
+    from fastdiffusion.training.config import PRESETS
+
+    for name, p in PRESETS.items():
+        assert {"run_dir", "steps", "lr_warmup"} <= set(p.config) and p.about, name
+        assert ("data" in p.config) != (p.needs_data is not None), name
+    dry = cli("train", "--preset", "demo", "--dry-run")
+    cfg = json.loads(dry.stdout)
+    assert dry.returncode == 0 and cfg["data"] == "digits16" and cfg["data_split"] == "train"
+    assert (cfg["steps"], cfg["lr_warmup"], cfg["run_dir"]) == (1200, 100, "runs/demo")
+    proc = cli("train", "--preset", "edm-cifar10", "--quiet")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "fastdiffusion dataset" in lines[0] and "--data" in lines[0]
+    dry = cli("train", "--preset", "fdm-edm-cifar10", "--data", "c.zip", "--dry-run")
+    cfg = json.loads(dry.stdout)
+    assert (cfg["data"], cfg["steps"], cfg["lr_warmup"], cfg["batch"]) == ("c.zip", 390625, 19531, 512)
+    assert cfg["process_options"] == {"multiplier": 2.0, "warmup_ite": 200} and cfg["run_dir"] == "runs/fdm-edm-cifar10"
+
+
+def test_startup_line_warmup_warning_and_grids_per_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    proc = cli("train", "--run-dir", str(run), "--data", "digits", "--data-split", "train", "--batch", "8", "--steps",
+               "4", "--ckpt-every", "2", "--grid-images", "2", "--grid-nfe", "1")
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("train:"))
+    params = sum(v.numel() for v in weights(run / "ckpt-00000004").values())
+    assert str(run) in line and f"{params / 1e6:.2f}M parameters" in line
+    assert "1,437 images 1x8x8 (0.1 MB uint8, in memory; 10 classes)" in line
+    assert "warning: --steps 4 < --lr-warmup 100" in proc.stderr
+    grids = sorted(p.name for p in run.glob("samples*.png"))
+    assert grids == ["samples-00000002.png", "samples-00000004.png", "samples.png"]
+    assert (run / "samples.png").read_bytes() == (run / "samples-00000004.png").read_bytes()
+    assert (run / "samples-00000002.png").read_bytes() != (run / "samples.png").read_bytes()
+
+
+def test_init_from_starts_from_another_models_ema_weights(tmp_path, digits_run):
+    from fastdiffusion.training.loop import Trainer
+
+    _, source = digits_run
+    ema = weights(source, "ema.safetensors")
+    trainer = Trainer(tiny(tmp_path / "ft", init_from=str(source), cond=True), quiet=True)
+    try:
+        mine = trainer.model.net.state_dict()
+        shared = [k for k in mine if k in ema]
+        assert len(shared) < len(mine)  # the class embedding is new and keeps its initialisation
+        assert all(torch.equal(mine[k], ema[k]) for k in shared)
+        assert all(torch.equal(trainer.ema.model.net.state_dict()[k], ema[k]) for k in shared)
+    finally:
+        trainer.close()
+    with pytest.raises(UserError, match="--init-from .*use the same --net"):
+        train(tiny(tmp_path / "bad", init_from=str(source), net_options={"model_channels": 16}), quiet=True)
+
+
+def test_tensorboard_logger_mirrors_the_log_and_is_a_clear_error_when_missing(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    train(tiny(run, steps=3, logger="tensorboard"), quiet=True)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [r["step"] for r in rows]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+    assert [e.step for e in events.Images("samples")] == [3]
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(UserError, match=r"pip install 'fastdiffusion\[tensorboard\]'"):
+        train(tiny(tmp_path / "none", logger="tensorboard"), quiet=True)
+
+
+def test_every_train_and_distill_train_flag_has_a_one_line_description_with_choices():
+    from fastdiffusion.cli import build_parser
+    from fastdiffusion.data import BUNDLED
+    from fastdiffusion.nets import PRESETS as NETS
+    from fastdiffusion.processes import PROCESS_NAMES
+    from fastdiffusion.training.config import PRESETS
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    distill_train = sub["distill"]._subparsers._group_actions[0].choices["train"]
+    for parser in (sub["train"], distill_train):
+        for action in parser._actions:
+            if action.dest != "help":
+                assert action.help and "\n" not in action.help, action.dest
+    helps = {a.dest: a.help for a in sub["train"]._actions}
+    assert all(name in helps["data"] for name in BUNDLED) and all(name in helps["net"] for name in NETS)
+    assert all(name in helps["process"] for name in PROCESS_NAMES) and all(name in helps["preset"] for name in PRESETS)
+    assert "(default: 2000)" in helps["steps"] and "jsonl | tensorboard" in helps["logger"]
+
+
+def test_a_killed_run_with_loader_workers_leaves_its_run_directory_free_at_once(tmp_path):
+    """SIGKILL the training process while its DataLoader workers live on: the run-directory lock goes with it (the
+    workers closed their inherited copy of the lock), so a relaunch can start at once."""
+    import signal
+    import time
+
+    from fastdiffusion.training.lock import RunLock
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fastdiffusion.cli", "train", "--run-dir", str(run), "--data",
+                             str(digits_zip(tmp_path)), "--loader-workers", "2", "--batch", "8", "--steps", "10000",
+                             "--ckpt-every", "1", "--grid-images", "1", "--grid-nfe", "1", "--quiet"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(run.glob("ckpt-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+    RunLock(run).release()
+    assert len(workers) == 2 and alive  # the workers outlived their parent, yet held no lock

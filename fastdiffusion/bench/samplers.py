@@ -14,7 +14,7 @@ import torch
 from ..checkpoint import atomic_write_json
 from ..errors import UserError
 from ..samplers import SAMPLERS
-from . import report
+from . import model_samplers, report
 from .cli import int_list
 from .distances import N_PROJECTIONS, sw2
 from .edm_exact import SIGMA_MAX, SIGMA_MIN
@@ -107,12 +107,25 @@ def target_lines(target: dict) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="a trained model: run the trained-model table (every sampler x "
+                   "schedule x NFE: FD-digits, RMS to Heun-35, last sigma, HF energy) instead of the mixtures")
+    m = p.add_argument_group("with MODEL")
+    m.add_argument("--schedules", help=f"comma list (default {','.join(model_samplers.SCHEDULES)}; 'model' fits "
+                   "the grid to the model per sampler and NFE)")
+    m.add_argument("--seeds", default=model_samplers.EVAL_SEEDS, help="evaluation seeds")
+    m.add_argument("--tuning-seeds", default=model_samplers.TUNING_SEEDS, help="seeds of the 'model' schedule's "
+                   "tuning noise (disjoint from --seeds)")
+    m.add_argument("--tune-nfe", type=int_list, help="NFEs at which 'model' schedules are fitted (default: all)")
+    m.add_argument("--max-evals", type=int, default=200, help="sampler runs per fitted schedule")
+    m.add_argument("--batch", type=int, default=1000, help="samples per batch")
+    m.add_argument("--device", default="auto")
     p.add_argument("--samplers", help="comma list of name or name@schedule (default: every deterministic "
                    "EDM-family sampler at its default schedule)")
     p.add_argument("--nfe", type=int_list, help=f"comma list (default {','.join(map(str, NFES))})")
     p.add_argument("--dims", type=int_list, default=[2, 64], help="mixture dimensions to run: 2, 64 (default both)")
     p.add_argument("--n", type=int, help="samples per problem (default 1000; 64 with --quick)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/samplers"), help="output directory")
+    p.add_argument("--out", type=Path, help="output directory (default benchmarks/samplers; with MODEL: "
+                   "bench-model)")
     p.add_argument("--quick", action="store_true", help="a smoke run: n 64, NFE 3,5,10, ring2d and benchmark64 "
                    "only, exact rtol 1e-8")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the work is many small "
@@ -132,6 +145,11 @@ def _tuning_result(tuned: dict, n: int, nfes: Sequence[int], rtol: float, starte
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.model:
+        args.out = args.out or Path("bench-model")
+        args.nfe = args.nfe or list(model_samplers.NFES)
+        return model_samplers.main(args)
+    args.out = args.out or Path("benchmarks/samplers")
     quick = args.quick
     nfes = args.nfe or list(QUICK_NFES if quick else NFES)
     n = args.n or (64 if quick else 1000)

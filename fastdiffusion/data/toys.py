@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import make_moons, make_swiss_roll
 from torch import Tensor
 
 from fastdiffusion.data.gmm import GaussianMixture
@@ -33,6 +32,8 @@ def _check_n(n: int, name: str) -> None:
 def moons(n: int, seed: int = 0) -> Tensor:
     """Two interleaving half circles (scikit-learn `make_moons`, noise 0.05), centred and scaled per axis."""
     _check_n(n, "moons")
+    from sklearn.datasets import make_moons  # scikit-learn takes ~80 MB: imported by the sets that use it
+
     x, _ = make_moons(n_samples=n, noise=0.05, random_state=seed)
     return torch.from_numpy((x - _MOONS_CENTER) / _MOONS_SCALE).float()
 
@@ -42,6 +43,8 @@ def swiss_roll(n: int, seed: int = 0) -> Tensor:
     (x, z) = (t cos t, t sin t) + noise, t ~ U(1.5π, 4.5π); centred, scaled isotropically (keeps its shape).
     """
     _check_n(n, "swissroll")
+    from sklearn.datasets import make_swiss_roll
+
     x, _ = make_swiss_roll(n_samples=n, noise=0.5, random_state=seed)
     return torch.from_numpy((x[:, [0, 2]] - _SWISS_CENTER) / _SWISS_SCALE).float()
 

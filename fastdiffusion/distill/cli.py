@@ -11,6 +11,7 @@ import os
 from ..cli_args import (
     add_config_arguments,
     add_sampling_arguments,
+    check_device,
     config_overrides,
     fast_path_options,
     parse_kv,
@@ -19,17 +20,20 @@ from ..cli_args import (
 
 
 def _trajectories(args: argparse.Namespace) -> None:
+    from ..guidance import parse_class
     from ..seeds import parse_seeds
     from ..training import distributed
     from .trajectories import generate_trajectories
 
     hyper = parse_kv(args.opt, "--opt")
-    d = distributed.setup(args.device)
+    class_labels = parse_class(args.class_label)
+    d = distributed.setup(check_device(args.device))
     try:
         generate_trajectories(args.model, args.out, parse_seeds(args.seeds), sampler=args.sampler, nfe=args.nfe,
                               times=args.times, grid=args.grid, schedule=args.schedule, shard_size=args.shard_size,
                               dtype=args.dtype, batch=args.batch, device=d.device, ema=not args.raw,
-                              fast=fast_path_options(args), progress=not args.quiet, **hyper)
+                              fast=fast_path_options(args), progress=not args.quiet, class_labels=class_labels,
+                              guidance=args.guidance, **hyper)
     finally:
         distributed.teardown()
 
@@ -61,7 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     t.add_argument("model", help="teacher: a run directory, checkpoint directory or .safetensors model file")
     deterministic = sorted(n for n, s in SAMPLERS.items() if s.family == "edm" and not s.stochastic)
     t.add_argument("--sampler", default="heun", choices=deterministic)
-    t.add_argument("--nfe", type=positive_int, default=35, help="teacher network calls per trajectory (default 35)")
+    t.add_argument("--nfe", type=positive_int, default=35, help="teacher denoiser calls per trajectory (default 35; "
+                   "with --guidance W != 1 each is 2 network evaluations)")
     t.add_argument("--times", type=positive_int, default=4, help="M, output times per trajectory (default 4)")
     t.add_argument("--grid", default="quadratic", choices=list(GRIDS),
                    help="output times tau_m = (m/M)^p in the sampler's normalised step time (default quadratic)")
@@ -76,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        "loss, EMA, bf16 on CUDA, torchrun DDP, --resume). Writes RUN_DIR/student.safetensors.")
     s.add_argument("traj_dir", help="a directory written by `distill trajectories`")
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(s, DistillConfig, skip=("traj_dir",))
     s.set_defaults(func=_train)
     return p

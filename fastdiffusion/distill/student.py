@@ -56,8 +56,10 @@ from ..models import OneStepGenerator, load_model, model_meta, resolve_model_fil
 from ..nets import build_net, net_config
 from ..plots import save_samples
 from ..training import distributed
+from ..training.config import setting
 from ..training.ema import EMA, ema_beta
 from ..training.lock import RunLock
+from ..training.logger import LOGGERS, check_logger
 from ..training.loop import (
     StepLoop,
     guarded_update,
@@ -76,30 +78,38 @@ LOSSES = ("l1", "l2", "perceptual")
 
 @dataclass
 class DistillConfig:
-    traj_dir: str = ""
-    teacher: str | None = None  # model file / run dir; default: the path the trajectory manifest records
-    run_dir: str = "runs/dsno"
-    modes: int = 2  # K, Fourier modes kept by each TimeConv (<= M // 2 + 1); 0 = no TimeConv layers (ablation)
-    times: int = 0  # M used of the M_stored output times (every (M_stored / M)-th, m = 0 first); 0 = all
-    activation: str = "none"  # TimeConv output activation: none | leaky_relu (the reference's)
-    loss: str = "l1"  # l1 | l2 | perceptual
-    weight_max: float = 1e4  # w_max of the time weights clamp(1 / sigma_m, 1, w_max)
-    holdout: int = 0  # the last HOLDOUT trajectories are not trained on; their error is logged at checkpoints
-    batch: int = 32  # global batch (all GPUs)
-    steps: int = 2000
-    lr: float = 2e-4
-    lr_warmup: int = 100
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    ema_halflife_kimg: float = 500.0
-    ema_rampup: float | None = 0.05
-    grad_clip: float | None = None
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
-    seed: int = 0
-    ckpt_every: int = 500
-    keep_ckpts: int = 3
-    log_every: int = 25
-    grid_images: int = 64
-    device: str = "auto"
+    traj_dir: str = setting("", "a directory written by `distill trajectories`")
+    teacher: str | None = setting(None, "the teacher: model file or run dir (default: the path the trajectory "
+                                  "manifest records)")
+    run_dir: str = setting("runs/dsno", "directory of the run: config.json, log.jsonl, checkpoints, "
+                           "student.safetensors")
+    modes: int = setting(2, "K, Fourier modes kept by each TimeConv (<= M // 2 + 1); 0: no TimeConv layers "
+                         "(ablation)")
+    times: int = setting(0, "M output times used of those stored (every (M_stored / M)-th, m = 0 first); 0: all")
+    activation: str = setting("none", "TimeConv output activation: none | leaky_relu (the reference's)")
+    loss: str = setting("l1", f"per-time error: {' | '.join(LOSSES)} (perceptual: the bundled digits "
+                        "classifier's features)")
+    weight_max: float = setting(1e4, "w_max of the time weights clamp(1 / sigma_m, 1, w_max)")
+    holdout: int = setting(0, "the last HOLDOUT trajectories are not trained on; their error is logged at "
+                           "checkpoints")
+    batch: int = setting(32, "global batch (all GPUs)")
+    steps: int = setting(2000, "optimiser steps to train to")
+    lr: float = setting(2e-4, "Adam learning rate after warm-up")
+    lr_warmup: int = setting(100, "steps of linear learning-rate warm-up")
+    adam_betas: tuple[float, float] = setting((0.9, 0.999), "Adam's beta1 beta2")
+    ema_halflife_kimg: float = setting(500.0, "EMA half-life in thousands of trajectories")
+    ema_rampup: float | None = setting(0.05, "EMA half-life at most this fraction of the trajectories seen (None: "
+                                       "no ramp-up)")
+    grad_clip: float | None = setting(None, "clip the global gradient norm to this value (default: off)")
+    precision: str = setting("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
+    seed: int = setting(0, "seed of the batch draws and dropout")
+    ckpt_every: int = setting(500, "steps between checkpoints")
+    keep_ckpts: int = setting(3, "newest checkpoints kept")
+    log_every: int = setting(25, "steps between log rows")
+    logger: str = setting("jsonl", f"{' | '.join(LOGGERS)}: log.jsonl always; tensorboard also writes "
+                          f"RUN_DIR/tensorboard (pip install 'fastdiffusion[tensorboard]')")
+    grid_images: int = setting(64, "images in the sample grid (the last trajectories' noises)")
+    device: str = setting("auto", "auto (CUDA if present) | cpu | cuda | cuda:N")
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -112,6 +122,7 @@ class DistillConfig:
             raise UserError("--weight-max must be >= 1 and --holdout >= 0")
         if self.modes < 0 or self.times < 0:
             raise UserError("--modes and --times must be >= 0")
+        check_logger(self.logger)
 
 
 # Settings a resumed run must share with the checkpoint it continues.

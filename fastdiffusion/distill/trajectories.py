@@ -22,6 +22,11 @@ estimate of every stored state.) With M = 4 this is DSNO's grid: tau = 0, 1/16, 
     x      (K, M, *data_shape)  float16/32     x[:, m] = x_{j_m} at sigma_m; m = 0 the sample
     seeds  (K,)                 int64
 
+A class-conditional teacher is sampled with ``class_labels`` (a class, 'random' or one per seed) and ``guidance``
+W (``fastdiffusion.guidance``); the manifest then records ``guidance`` (class, W, network evaluations per sample:
+the teacher's NFE counts guided calls, 2 network evaluations each when W != 1) and each shard ``labels``: (K,)
+int64 classes (or the (K, L) one-hot rows given).
+
 A shard is written atomically (temp file + rename) once complete, so an interrupted run is resumed by running the same
 command again: complete shards are skipped. Under torchrun rank r generates shards r, r + world, ...
 Size: seeds x M x prod(data_shape) x (2 or 4) bytes for ``x``, plus 4 bytes per noise value.
@@ -46,8 +51,10 @@ from tqdm.auto import tqdm
 from ..checkpoint import atomic_write_bytes, atomic_write_json, sha256
 from ..errors import UserError
 from ..fastpath import accelerate
+from ..guidance import ClassSpec, classes_for_seeds, describe, guidance_protocol, model_label_dim
 from ..models import load_model, model_meta, resolve_model_file
 from ..samplers import make_sigmas
+from ..samplers.tuning import schedule_options
 from ..sampling import check_sampler_args, model_family, sample, sampling_range
 from ..seeds import SeededNoise, seed_runs
 from ..training.distributed import rank_world
@@ -121,7 +128,7 @@ def _shard_name(index: int) -> str:
 
 
 def _plan(model: nn.Module, teacher: dict, seeds: Sequence[int], *, sampler: str, nfe: int, times: int, grid: str,
-          schedule: str | None, shard_size: int, dtype: str, hyper: dict) -> dict:
+          schedule: str | None, shard_size: int, dtype: str, hyper: dict, conditioning: dict) -> dict:
     """The manifest: everything that determines the shards' contents."""
     spec = check_sampler_args(sampler, nfe, hyper)
     if model_family(model) != "edm" or spec.family != "edm":
@@ -137,7 +144,9 @@ def _plan(model: nn.Module, teacher: dict, seeds: Sequence[int], *, sampler: str
         raise UserError("--seeds names a seed twice")
     n_steps = spec.steps(nfe)
     lo, hi = sampling_range(model)
-    grid_sigmas = make_sigmas(schedule or spec.schedule, n_steps, lo, hi).tolist()
+    chosen = schedule_options(schedule, sampler, nfe, model)
+    levels = chosen["sigmas"] if "sigmas" in chosen else make_sigmas(schedule or spec.schedule, n_steps, lo, hi)
+    grid_sigmas = levels.tolist()
     steps = output_steps(n_steps, times, grid)
     sigmas = [grid_sigmas[j] for j in steps]
     last_positive = grid_sigmas[-2]
@@ -151,6 +160,7 @@ def _plan(model: nn.Module, teacher: dict, seeds: Sequence[int], *, sampler: str
         "data_shape": list(model.data_shape), "dtype": dtype, "shard_size": shard_size,
         "num_seeds": len(seeds), "seeds": seed_runs(seeds),
         "shards": [{"file": _shard_name(i), "count": c} for i, c in enumerate(counts)],
+        **({"guidance": conditioning} if conditioning else {}),
     }
 
 
@@ -207,7 +217,7 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
                           schedule: str | None = None, shard_size: int = 1000, dtype: str = "fp16", batch: int = 256,
                           device: str | torch.device = "cpu", ema: bool = True, fast: dict | None = None,
                           progress: bool = True, rank: int | None = None, world: int | None = None,
-                          **hyper: Any) -> dict:
+                          class_labels: ClassSpec = None, guidance: float | None = None, **hyper: Any) -> dict:
     """Write the trajectories of ``seeds`` to ``out`` (see the module docstring); returns the manifest.
 
     ``model`` is a model file / checkpoint / run directory (``load_model``; its sha256 goes into the manifest) or a
@@ -227,8 +237,10 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
     rank = default_rank if rank is None else rank
     world = default_world if world is None else world
     seeds = [int(s) for s in seeds]
+    labels = classes_for_seeds(class_labels, seeds, model_label_dim(model))
     manifest = _plan(model, teacher, seeds, sampler=sampler, nfe=nfe, times=times, grid=grid, schedule=schedule,
-                     shard_size=shard_size, dtype=dtype, hyper=hyper)
+                     shard_size=shard_size, dtype=dtype, hyper=hyper,
+                     conditioning=guidance_protocol(class_labels, guidance, nfe))
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "manifest.json"
@@ -247,7 +259,8 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
         size = size_estimate(len(seeds), m_times, shape, dtype)
         print(f"trajectories: {len(seeds)} seeds x {m_times} times x {int(np.prod(shape))} values x "
               f"{DTYPES[dtype].itemsize} B = {_human(size['states'])} (+ {_human(size['noise'])} of noise) in "
-              f"{len(manifest['shards'])} shard(s) of {shard_size}; {sampler} at {nfe} NFE; sigmas "
+              f"{len(manifest['shards'])} shard(s) of {shard_size}; {sampler} at {nfe} NFE"
+              f"{'; ' + describe(manifest['guidance']) if labels is not None else ''}; sigmas "
               f"{', '.join(f'{s:.4g}' for s in manifest['sigmas'])} -> {root}")
     todo = [i for i in mine if i not in done]
     bar = tqdm(total=sum(manifest["shards"][i]["count"] for i in mine), desc="trajectories",
@@ -258,17 +271,21 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
         for stale in root.glob(f".{_shard_name(i)}.*.tmp"):  # left by a run killed mid-write
             stale.unlink(missing_ok=True)
         shard_seeds = _shard_seeds(manifest, i)
+        shard_labels = None if labels is None else labels[i * shard_size:(i + 1) * shard_size]
         noises, states = [], []
         for lo in range(0, len(shard_seeds), batch):
             noise_fn = SeededNoise(shard_seeds[lo:lo + batch])
             z = noise_fn.randn(shape, device)
             x = teacher_states(model, z, sampler=sampler, nfe=nfe, steps=manifest["step_index"],
-                               noise_fn=noise_fn, schedule=manifest["schedule"], **hyper)
+                               noise_fn=noise_fn, sigmas=torch.tensor(manifest["sigma_grid"], dtype=torch.float64),
+                               guidance=guidance,
+                               class_labels=None if shard_labels is None else shard_labels[lo:lo + batch], **hyper)
             noises.append(z.cpu())
             states.append(x.to(DTYPES[dtype]).cpu())
             bar.update(len(noise_fn.seeds))
         tensors = {"noise": torch.cat(noises).contiguous(), "x": torch.cat(states).contiguous(),
-                   "seeds": torch.tensor(shard_seeds, dtype=torch.int64)}
+                   "seeds": torch.tensor(shard_seeds, dtype=torch.int64),
+                   **({} if shard_labels is None else {"labels": shard_labels.contiguous()})}
         atomic_write_bytes(root / _shard_name(i), save(tensors, metadata={"fastdiffusion": json.dumps(
             {"shard": i, "sigmas": manifest["sigmas"], "step_index": manifest["step_index"]})}))
         n_new += len(shard_seeds)

@@ -14,7 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_args import add_fast_path_arguments, dispatch, fast_path_options, parse_kv, positive_int
+from ..cli_args import (
+    add_fast_path_arguments,
+    add_guidance_arguments,
+    check_device,
+    dispatch,
+    fast_path_options,
+    parse_kv,
+    positive_int,
+)
 
 __all__ = ["add_parser", "cmd_eval", "main"]
 
@@ -33,25 +41,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="run directory, checkpoint directory or model .safetensors (samples are generated), or "
                         "an .npz of samples, an image folder or a .zip")
     p.add_argument("--metrics", help=f"comma-separated, from {','.join(METRICS)} "
-                                     "(default: fd-digits,prdc,memorization for digits; sliced for points, + gmm-nll "
-                                     "for mixtures)")
+                                     "(default: fd-digits,kid-digits,prdc,memorization for digits; sliced for points, "
+                                     "+ gmm-nll for mixtures)")
     p.add_argument("--n", type=positive_int, help=f"samples to generate (default {DEFAULT_N}) or to read "
                                                    "(default: all in the file)")
     p.add_argument("--reference", help="DATASET@SPLIT, DATASET, SPLIT or a FID statistics .npz (default: the run's "
                                        "training data, else digits; split test for bundled sets, all for paths)")
-    p.add_argument("--inception", help="the weights-inception-2015-12-05-6726825d.pth file for fid (or set "
-                                       "FASTDIFFUSION_INCEPTION)")
+    p.add_argument("--inception", help="the weights-inception-2015-12-05-6726825d.pth file for fid and kid (or set "
+                                       "FASTDIFFUSION_INCEPTION; default: torch-fidelity's copy in "
+                                       "~/.cache/torch/hub/checkpoints if there)")
     p.add_argument("--save-ref-stats", type=Path, metavar="NPZ",
                    help="also save the FID reference statistics computed from images to this .npz")
-    p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS))
-    p.add_argument("--nfe", type=positive_int, default=35, help="network calls per sample (default 35)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model family's (heun for EDM-family "
+                   "models, sscs for PSLD, dsno for DSNO students)")
+    p.add_argument("--nfe", type=positive_int, help="denoiser calls per sample (default: the family's, 35 for heun; "
+                                                    "with --guidance W != 1 each is 2 network evaluations)")
+    p.add_argument("--schedule", metavar="NAME|FILE", help="noise-level schedule name or a schedule file from "
+                                                           "`fastdiffusion tune` (default: the sampler's)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. churn=10")
     p.add_argument("--seeds", help="e.g. 0-999 (default: 0..n-1)")
     p.add_argument("--raw", action="store_true", help="evaluate the raw weights instead of the EMA")
     p.add_argument("--batch", type=positive_int, default=256, help="generation / feature batch (default 256)")
     p.add_argument("--out", type=Path, help="write the full report (JSON) here")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_guidance_arguments(p)
     add_fast_path_arguments(p)
     p.set_defaults(func=cmd_eval)
     return p
@@ -63,12 +77,14 @@ def _fmt(value: object) -> str:
 
 def summary(report: dict) -> str:
     """One line per metric: its numbers, then the protocol in short."""
+    from ..guidance import describe
+
     lines = []
     for name, res in report["results"].items():
         pr = res["protocol"]
         nums = {k: v for k, v in res.items() if k != "protocol" and not isinstance(v, dict)}
         if "value" in nums:
-            text = _fmt(nums.pop("value"))
+            text = _fmt(nums.pop("value")) + (f" ± {_fmt(nums.pop('std'))}" if "std" in nums else "")
         else:
             text = " ".join(f"{k}={_fmt(v)}" for k, v in nums.items())
         for space, sub in ((k, v) for k, v in res.items() if k != "protocol" and isinstance(v, dict)):
@@ -76,6 +92,7 @@ def summary(report: dict) -> str:
                      f" median={_fmt(sub['median_generated_to_train'])}"
                      f" (held-out {_fmt(sub['median_heldout_to_train'])})")
         how = f"{pr['sampler']} {pr['nfe']} NFE, {pr['weights']}, " if pr.get("sampler") else ""
+        how += f"{describe(pr)}, " if "guidance" in pr else ""
         how += f"n={pr['n_generated']} vs {pr.get('reference')}"
         lines.append(f"{name:<13} {text}   [{how}]")
     return "\n".join(lines)
@@ -83,19 +100,24 @@ def summary(report: dict) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from ..checkpoint import atomic_write_json
+    from ..guidance import parse_class
     from ..training import distributed
     from .evaluate import evaluate
 
-    d = distributed.setup(args.device)
+    class_labels = parse_class(args.class_label)
+    d = distributed.setup(check_device(args.device))
     try:
         report = evaluate(args.model_or_samples, metrics=args.metrics, n=args.n, reference=args.reference,
                           sampler=args.sampler, nfe=args.nfe, seeds=args.seeds, ema=not args.raw, batch=args.batch,
                           device=str(d.device), inception=args.inception, sampler_options=parse_kv(args.opt, "--opt"),
                           save_reference_stats=args.save_ref_stats, progress=not args.quiet,
-                          fast=fast_path_options(args))
+                          fast=fast_path_options(args), class_labels=class_labels, guidance=args.guidance,
+                          schedule=args.schedule)
         argv = getattr(args, "argv", None)
         report["command"] = " ".join(["fastdiffusion", *(argv if argv is not None else sys.argv[1:])])
         if d.is_main:
+            for warning in report["warnings"]:
+                print(f"fastdiffusion eval: warning: {warning}", file=sys.stderr)
             print(summary(report))
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)

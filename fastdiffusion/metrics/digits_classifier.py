@@ -39,6 +39,7 @@ __all__ = [
     "WEIGHTS_PATH",
     "DigitsNet",
     "classifier_info",
+    "classify_features",
     "digits_features",
     "digits_reference",
     "fd_digits",
@@ -132,16 +133,24 @@ def digits_features(x: Tensor, batch: int = 500, device: str | torch.device | No
     return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM)
 
 
-@lru_cache(maxsize=4)
-def _reference_features(split: str) -> Tensor:
+def classify_features(h: Tensor, device: str | torch.device | None = None) -> Tensor:
+    """The classifier's predicted classes argmax fc2(ReLU(h)) (N,) int64 on the CPU, from features h (N, 64)."""
+    dev = torch.device(device) if device is not None else h.device
+    with torch.no_grad():
+        return load_classifier(dev).fc2(F.relu(h.to(dev))).argmax(1).cpu()
+
+
+@lru_cache(maxsize=8)
+def _reference_features(split: str, resolution: int) -> Tensor:
     from ..data import load_dataset
 
-    return digits_features(load_dataset("digits32", split=split).x)
+    return digits_features(load_dataset("digits", resolution=resolution, split=split).x)
 
 
-def digits_reference(split: str = "test") -> Tensor:
-    """Features of the bundled digits' `split` ('train' 1437, 'test' 360 or 'all' 1797 images), cached."""
-    return _reference_features(split)
+def digits_reference(split: str = "test", resolution: int = RESOLUTION) -> Tensor:
+    """Features of the bundled digits' `split` ('train' 1437, 'test' 360 or 'all' 1797 images) rendered at
+    `resolution` px (default 32, the classifier's own), cached."""
+    return _reference_features(split, resolution)
 
 
 def fd_digits(

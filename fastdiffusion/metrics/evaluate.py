@@ -3,24 +3,32 @@
 What is evaluated (`model_or_samples`): a `Denoiser` or any `D(x, sigma)` callable with a `data_shape`; a tensor of
 samples ([−1, 1] images (N, C, H, W) or points (N, D)); or a path: a run directory, checkpoint directory or model
 .safetensors (samples are generated for `seeds` with `sampler` / `nfe`, EMA weights unless ema=False, sharded
-across torchrun ranks); an .npz written by `fastdiffusion sample` (arrays samples and seeds) or any image .npz;
-an image folder or .zip.
+across torchrun ranks; a class-conditional model takes `class_labels` K | 'random' and `guidance` W, see
+`fastdiffusion.guidance`, and the protocol records them with the network evaluations per sample); an .npz written by
+`fastdiffusion sample` (arrays samples and seeds) or any image .npz; an image folder or .zip.
 
 Reference (`reference`): `DATASET@SPLIT`, `DATASET`, `SPLIT` or a statistics .npz (FID only). DATASET is a bundled
 name or a path; it defaults to the run's training data (config.json beside the checkpoints) or else the bundled
 digits. SPLIT is train | test | all; it defaults to test for bundled sets and to all for paths (a folder is used as
-given). Images are compared at the samples' resolution (references are resized to it).
+given). Images are compared at the samples' resolution (references are resized to it) and the protocol names the
+reference at that resolution (`digits16@test` for 16-px samples). The bundled digits are grayscale: colour samples
+need a reference of their own. When the run's config.json records its training data and split, every reference that
+overlaps them is reported in `warnings` (a model file without its run cannot be checked, and says so).
 
 Metrics (`metrics`):
     fd-digits     FD in the digits classifier's 64-d features vs the reference split (digits only)
+    kid-digits    KID (`kid.py`) in the same features
+    class-accuracy  the fraction of samples the digits classifier assigns the class they were generated for
+                  (a model sampled with `class_labels`; digits only)
     prdc          precision / recall (k-NN manifolds, k = 3) and density / coverage in the same features
     memorization  nearest-neighbour distances to the TRAIN split vs the held-out TEST split's (pixels; digits also
                   in classifier features)
     fid           FID with the 2015 Inception network (torch-fidelity; local weights file, see `fid.py`)
+    kid           KID in the same Inception features
     sliced        sliced Wasserstein-2 (256 directions, seed 0) in pixel / point space vs the reference set
     gmm-nll       exact NLL under the true mixture and SW₂ to fresh true samples (gmm, gmm64; see `gmm.py`)
-Default: fd-digits, prdc, memorization for digits; sliced, memorization for other images; sliced (+ gmm-nll for
-mixtures) for points.
+Default: fd-digits, kid-digits, prdc, memorization for digits (+ class-accuracy with class labels); sliced,
+memorization for other images; sliced (+ gmm-nll for mixtures) for points.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from ..seeds import format_seeds
 
 __all__ = ["DEFAULT_N", "METRICS", "Reference", "evaluate", "parse_reference"]
 
-METRICS = ("fd-digits", "prdc", "memorization", "fid", "sliced", "gmm-nll")
+METRICS = ("fd-digits", "kid-digits", "class-accuracy", "prdc", "memorization", "fid", "kid", "sliced", "gmm-nll")
 DEFAULT_N = 1000
 SLICED_PROJECTIONS = 256
 POINTS_REFERENCE = 20_000  # points drawn for a generated (toy / mixture) reference set, as in training
@@ -55,7 +63,9 @@ class _Samples:
     x: Tensor
     kind: str  # 'image' | 'points'
     protocol: dict
-    data: str | None = None  # the training data spec when known
+    training: dict | None = None  # the run's {'data', 'data_split'} when its config.json records them
+    from_model: bool = False
+    classes: Tensor | None = None  # (N,) the class each sample was generated for
 
 
 @dataclass
@@ -135,23 +145,16 @@ def _bundled(spec: str) -> bool:
     return spec.strip().lower() in BUNDLED
 
 
-def _is_model_path(p: Path) -> bool:
-    from ..checkpoint import list_checkpoints
-
-    if p.is_file():
-        return p.suffix.lower() == ".safetensors"
-    return p.is_dir() and (bool(list_checkpoints(p)) or (p / "ema.safetensors").is_file()
-                           or (p / "model.safetensors").is_file())
-
-
-def _run_data(p: Path) -> str | None:
-    """The `data` of the training config.json in or above a run / checkpoint directory or model file."""
+def _run_training(p: Path) -> dict | None:
+    """{'data', 'data_split'} of the training config.json in or above a run / checkpoint directory or model file (a
+    config without data_split predates it: those runs trained on all of the data)."""
     for d in [p, *p.parents][:3]:
         cfg = d / "config.json"
         if d.is_dir() and cfg.is_file():
             try:
-                return json.loads(cfg.read_text()).get("data")
-            except (OSError, json.JSONDecodeError, AttributeError):
+                config = json.loads(cfg.read_text())
+                return {"data": str(config["data"]), "data_split": str(config.get("data_split", "all"))}
+            except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
                 return None
     return None
 
@@ -175,7 +178,7 @@ def _read_samples_file(p: Path) -> tuple[Tensor, str, list[int] | None]:
                 raise UserError(f"{p}: point samples must be finite floats, got {arr.dtype}")
             return torch.from_numpy(arr.astype(np.float32)), "points", seeds
         if arr is not None:
-            u8 = load_npz(p, "samples")
+            u8 = np.require(load_npz(p, "samples"), requirements="W")  # a copy only if the file came memory-mapped
             return torch.from_numpy(u8).float().div_(127.5).sub_(1.0), "image", seeds
     ds = load_dataset(str(p))
     return ds.x, ds.kind, seeds
@@ -194,9 +197,13 @@ def _resolve_seeds(seeds: str | Sequence[int] | None, n: int | None) -> list[int
     return out
 
 
-def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sampler: str, nfe: int, ema: bool,
-                 batch: int, device: torch.device, gen_options: dict, progress: bool, fast: dict) -> _Samples:
+def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sampler: str | None, nfe: int | None,
+                 ema: bool, batch: int, device: torch.device, gen_options: dict, progress: bool, fast: dict,
+                 guidance: dict, schedule: str | None = None) -> _Samples:
+    """The samples to evaluate; a model is sampled with ``guidance`` = {'class_labels': ..., 'guidance': ...}."""
     from ..checkpoint import sha256
+    from ..samplers.tuning import schedule_options
+    from ..sampling import resolve_sampler
 
     if isinstance(obj, Tensor):
         x = obj.detach().float().cpu()
@@ -208,7 +215,11 @@ def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sam
         p = Path(obj).expanduser()
         if not p.exists():
             raise UserError(f"{p}: no such model, run directory, sample file or image folder")
-        if not _is_model_path(p):
+        from ..models import is_model_path
+
+        if not is_model_path(p):
+            if guidance["class_labels"] is not None or guidance["guidance"] is not None:
+                raise UserError(f"{p}: --class and --guidance apply when eval samples a model; this is a sample set")
             x, kind, file_seeds = _read_samples_file(p)
             x = _take(x, n, str(p))
             protocol = {"source": str(p), "source_sha256": sha256(p) if p.is_file() else None, "sampler": None,
@@ -219,25 +230,35 @@ def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sam
         from ..models import load_model, resolve_model_file
 
         file = resolve_model_file(p, ema)
-        model = accelerate(load_model(p, ema=ema, device=device), device, **fast)
+        model = load_model(p, ema=ema, device=device)
+        sampler, nfe = resolve_sampler(model, sampler, nfe)
+        schedule_kw = schedule_options(schedule, sampler, nfe, model)  # before accelerate: the weights digest
+        model = accelerate(model, device, **fast)
         source = {"source": str(p), "model_file": str(file), "model_sha256": sha256(file),
                   "weights": "ema" if ema else "raw"}
-        data = _run_data(p)
+        training = _run_training(p)
     else:
-        model, data = obj, None
+        model, training = obj, None
+        sampler, nfe = resolve_sampler(model, sampler, nfe)
+        schedule_kw = schedule_options(schedule, sampler, nfe, model)
         source = {"source": f"in-memory {type(obj).__name__}", "weights": "ema" if ema else "raw"}
     from ..fastpath import fast_path_of
+    from ..guidance import classes_for_seeds, guidance_protocol, model_label_dim
     from ..sampling import generate
 
     source["fast_path"] = fast_path_of(model)
     seed_list = _resolve_seeds(seeds, n)
     with torch.no_grad():
         x = generate(model, seed_list, batch=batch, device=device, sampler=sampler, nfe=nfe, progress=progress,
-                     **gen_options)
+                     **guidance, **schedule_kw, **gen_options)
     kind = "image" if x.ndim == 4 else "points"
-    protocol = {**source, "sampler": sampler, "nfe": nfe, "seeds": format_seeds(seed_list),
+    protocol = {**source, "sampler": sampler, "nfe": nfe, "schedule": schedule, "seeds": format_seeds(seed_list),
+                **guidance_protocol(guidance["class_labels"], guidance["guidance"], nfe),
                 **({"sampler_options": gen_options} if gen_options else {})}
-    return _Samples(x.float().cpu(), kind, protocol, data)
+    classes = classes_for_seeds(guidance["class_labels"], seed_list, model_label_dim(model))
+    if classes is not None and classes.ndim == 2:  # one-hot rows
+        classes = classes.argmax(1)
+    return _Samples(x.float().cpu(), kind, protocol, training, True, classes)
 
 
 def _take(x: Tensor, n: int | None, label: str) -> Tensor:
@@ -268,6 +289,14 @@ def _resolution(s: _Samples) -> int | None:
     return int(h)
 
 
+def _check_shape(name: str, s: _Samples, ds: Any, label: str) -> Any:
+    """The reference `Dataset` ds, after checking that its items have the samples' shape."""
+    if tuple(ds.shape) != tuple(s.x.shape[1:]):
+        raise UserError(f"{name}: samples have shape {tuple(s.x.shape[1:])}, the reference {label} has "
+                        f"{tuple(ds.shape)}; name a reference of the samples' kind with --reference")
+    return ds
+
+
 def _digits_protocol() -> dict:
     from .digits_classifier import FEATURE_NETWORK, classifier_info
 
@@ -285,29 +314,57 @@ def _sample_features(s: _Samples, ctx: dict) -> Tensor:
     return ctx["digits_features"]
 
 
-def _metric_fd_digits(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _digits_reference(s: _Samples, ref: Reference) -> Tensor:
+    """Classifier features of the reference split at the samples' resolution (what `ref.label(res)` names)."""
     from .digits_classifier import digits_reference
+
+    return digits_reference(ref.split, _resolution(s))
+
+
+def _metric_fd_digits(s: _Samples, ref: Reference, ctx: dict) -> dict:
     from .frechet import FeatureStats
 
     _digits_only("fd-digits", ref, s)
     feats = _sample_features(s, ctx)
-    ref_feats = digits_reference(ref.split)
+    ref_feats = _digits_reference(s, ref)
     value = FeatureStats().update(feats).stats().frechet_distance(FeatureStats().update(ref_feats).stats())
     return {"value": value, "protocol": {**_digits_protocol(), "n_reference": len(ref_feats),
-                                         "reference": f"digits32@{ref.split}"}}
+                                         "reference": ref.label(_resolution(s))}}
+
+
+def _metric_kid_digits(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .kid import kid
+
+    _digits_only("kid-digits", ref, s)
+    ref_feats = _digits_reference(s, ref)
+    out = kid(_sample_features(s, ctx).to(ctx["device"]), ref_feats.to(ctx["device"]))
+    return {"value": out.pop("value"), "std": out.pop("std"),
+            "protocol": {**_digits_protocol(), "n_reference": len(ref_feats), "reference": ref.label(_resolution(s)),
+                         **out}}
+
+
+def _metric_class_accuracy(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .digits_classifier import classify_features
+
+    _digits_only("class-accuracy", ref, s)
+    if s.classes is None:
+        raise UserError("class-accuracy needs samples generated for known classes: evaluate a conditional model "
+                        "with --class K or --class random")
+    correct = classify_features(_sample_features(s, ctx), ctx["device"]) == s.classes
+    return {"value": float(correct.double().mean()), "protocol": {**_digits_protocol(), "n_reference": None,
+                                                                  "reference": "the requested classes"}}
 
 
 def _metric_prdc(s: _Samples, ref: Reference, ctx: dict) -> dict:
-    from .digits_classifier import digits_reference
     from .quality import prdc
 
     _digits_only("prdc", ref, s)
     feats = _sample_features(s, ctx)
-    ref_feats = digits_reference(ref.split)
+    ref_feats = _digits_reference(s, ref)
     dev = ctx["device"]
     out = prdc(ref_feats.to(dev), feats.to(dev), k=3)
     return {**out, "k": 3, "protocol": {**_digits_protocol(), "n_reference": len(ref_feats),
-                                        "reference": f"digits32@{ref.split}"}}
+                                        "reference": ref.label(_resolution(s))}}
 
 
 def _metric_memorization(s: _Samples, ref: Reference, ctx: dict) -> dict:
@@ -316,7 +373,7 @@ def _metric_memorization(s: _Samples, ref: Reference, ctx: dict) -> dict:
     if ref.dataset is None:
         raise UserError("memorization needs the training data set: name it with --reference DATASET")
     res = _resolution(s)
-    train = ref.load("train", res).x
+    train = _check_shape("memorization", s, ref.load("train", res), ref.label(res, "train")).x
     held = ref.load("test", res).x
     dev = ctx["device"]
     out: dict[str, Any] = {"pixels": memorization(s.x.to(dev), train.to(dev), held.to(dev))}
@@ -339,25 +396,38 @@ def _metric_memorization(s: _Samples, ref: Reference, ctx: dict) -> dict:
     return {**out, "protocol": protocol}
 
 
-def _metric_fid(s: _Samples, ref: Reference, ctx: dict) -> dict:
-    from .fid import fid, image_stats, load_inception
-    from .frechet import GaussianStats
+def _inception_features(s: _Samples, ref: Reference, ctx: dict) -> tuple[Tensor, Tensor | None, dict]:
+    """Inception features of the samples and of the reference images (None for a statistics file), and the
+    network's info; extracted once per evaluation for fid and kid."""
+    from .fid import image_features, load_inception
 
     if s.kind != "image":
-        raise UserError("fid needs images, but the samples are points")
-    dev = ctx["device"]
-    extractor, info = load_inception(ctx["inception"], dev)
+        raise UserError("fid and kid need images, but the samples are points")
+    if "inception" not in ctx:
+        dev, batch = ctx["device"], ctx["batch"]
+        extractor, info = load_inception(ctx["inception_file"], dev)
+        ref_images = None if ref.stats_file is not None else ref.load(resolution=_resolution(s)).x
+        ctx["inception"] = (image_features(s.x, extractor, batch, dev),
+                            None if ref_images is None else image_features(ref_images, extractor, batch, dev), info)
+    return ctx["inception"]
+
+
+def _metric_fid(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .fid import fid_from_stats
+    from .frechet import FeatureStats, GaussianStats
+
+    feats, ref_feats, info = _inception_features(s, ref, ctx)
     res = _resolution(s)
     save = ctx.get("save_reference_stats")
-    if ref.stats_file is not None:
+    if ref_feats is None:
         reference = GaussianStats.load(ref.stats_file)
     else:
-        reference = image_stats(ref.load(resolution=res).x, extractor, ctx["batch"], dev)
-        reference.meta = {"feature_network": info["feature_network"],
-                          "feature_network_sha256": info["feature_network_sha256"], "reference": ref.label(res)}
+        reference = FeatureStats().update(ref_feats).stats(feature_network=info["feature_network"],
+                                                           feature_network_sha256=info["feature_network_sha256"],
+                                                           reference=ref.label(res))
         if save and ctx["is_main"]:
             reference.save(save)
-    out = fid(s.x, reference, extractor=extractor, info=info, batch=ctx["batch"], device=dev)
+    out = fid_from_stats(FeatureStats().update(feats).stats(), reference, info)
     if save and ref.stats_file is None:
         out["reference_stats_file"] = str(save)
     value = out.pop("value")
@@ -365,14 +435,20 @@ def _metric_fid(s: _Samples, ref: Reference, ctx: dict) -> dict:
     return {"value": value, "protocol": {**out, "reference": ref.label(res), "n_generated": n_gen}}
 
 
+def _metric_kid(s: _Samples, ref: Reference, ctx: dict) -> dict:
+    from .kid import kid
+
+    feats, ref_feats, info = _inception_features(s, ref, ctx)
+    out = kid(feats.to(ctx["device"]), ref_feats.to(ctx["device"]))
+    return {"value": out.pop("value"), "std": out.pop("std"),
+            "protocol": {**info, "n_reference": len(ref_feats), "reference": ref.label(_resolution(s)), **out}}
+
+
 def _metric_sliced(s: _Samples, ref: Reference, ctx: dict) -> dict:
     from .sliced import sliced_wasserstein
 
     res = _resolution(s)
-    ds = ref.load(resolution=res)
-    if tuple(ds.shape) != tuple(s.x.shape[1:]):
-        raise UserError(f"sliced: samples have shape {tuple(s.x.shape[1:])}, the reference {ref.label(res)} has "
-                        f"{tuple(ds.shape)}")
+    ds = _check_shape("sliced", s, ref.load(resolution=res), ref.label(res))
     dev = ctx["device"]
     out: dict[str, Any] = {"value": sliced_wasserstein(s.x.to(dev), ds.x.to(dev), SLICED_PROJECTIONS,
                                                        torch.Generator().manual_seed(0))}
@@ -400,13 +476,57 @@ def _metric_gmm(s: _Samples, ref: Reference, ctx: dict) -> dict:
                                 "n_reference": POINTS_REFERENCE, "reference": f"{ref.dataset} (fresh draws)"}}
 
 
-_COMPUTE = {"fd-digits": _metric_fd_digits, "prdc": _metric_prdc, "memorization": _metric_memorization,
-            "fid": _metric_fid, "sliced": _metric_sliced, "gmm-nll": _metric_gmm}
+_COMPUTE = {"fd-digits": _metric_fd_digits, "kid-digits": _metric_kid_digits,
+            "class-accuracy": _metric_class_accuracy, "prdc": _metric_prdc,
+            "memorization": _metric_memorization, "fid": _metric_fid, "kid": _metric_kid, "sliced": _metric_sliced,
+            "gmm-nll": _metric_gmm}
+
+
+def _same_data(a: str, b: str) -> bool:
+    """Whether two data specs name the same images: the bundled digits at any resolution are one set, other bundled
+    names compare by name, paths by their resolved location."""
+    def key(spec: str) -> str:
+        name = spec.strip().lower()
+        return "digits" if name in _DIGITS else name if _bundled(name) else str(Path(spec).expanduser().resolve())
+
+    return key(a) == key(b)
+
+
+def _splits_overlap(a: str, b: str) -> bool:
+    """train and test are disjoint parts of all."""
+    return a == b or "all" in (a, b)
+
+
+def _overlap_warnings(s: _Samples, ref: Reference, chosen: Sequence[str]) -> list[str]:
+    """One line per way the reference overlaps the images the model trained on (the run's recorded data and split),
+    or one saying that a model without its run's config.json cannot be checked."""
+    if s.kind != "image" or ref.dataset is None:
+        return []
+    if s.training is None:
+        return [f"cannot check whether the reference overlaps the model's training data: {s.protocol['source']} has "
+                f"no run config.json recording its data and split"] if s.from_model else []
+    if not _same_data(s.training["data"], ref.dataset):
+        return []
+    res, split = _resolution(s), s.training["data_split"]
+    trained = f"{s.training['data']}@{split}"
+    out = []
+    compared = [m for m in chosen if m not in ("memorization", "gmm-nll", "class-accuracy")]
+    if compared and _splits_overlap(split, ref.split):
+        out.append(f"the reference {ref.label(res)} of {', '.join(compared)} overlaps the model's training data "
+                   f"({trained}): these numbers measure fit to training images; evaluate on a split it did not train "
+                   f"on (train with --data-split train, evaluate with --reference test)")
+    if "memorization" in chosen and _splits_overlap(split, "test"):
+        out.append(f"memorization's held-out set {ref.label(res, 'test')} is in the model's training data "
+                   f"({trained}): the check cannot tell copies from generalisation; train with --data-split train")
+    return out
 
 
 def _default_metrics(s: _Samples, ref: Reference) -> list[str]:
     if s.kind == "image":
-        return ["fd-digits", "prdc", "memorization"] if ref.is_digits else ["sliced", "memorization"]
+        if not ref.is_digits:
+            return ["sliced", "memorization"]
+        return ["fd-digits", "kid-digits", *(["class-accuracy"] if s.classes is not None else []), "prdc",
+                "memorization"]
     has_gmm = ref.dataset is not None and ref.dataset.strip().lower() in ("gmm", "gmm64")
     return ["sliced", "gmm-nll"] if has_gmm else ["sliced"]
 
@@ -431,8 +551,8 @@ def evaluate(
     metrics: str | Sequence[str] | None = None,
     n: int | None = None,
     reference: str | Path | None = None,
-    sampler: str = "heun",
-    nfe: int = 35,
+    sampler: str | None = None,
+    nfe: int | None = None,
     seeds: str | Sequence[int] | None = None,
     ema: bool = True,
     batch: int = 256,
@@ -443,14 +563,20 @@ def evaluate(
     save_reference_stats: str | Path | None = None,
     progress: bool = False,
     fast: dict | None = None,
+    class_labels: int | str | Sequence[int] | None = None,
+    guidance: float | None = None,
+    schedule: str | None = None,
 ) -> dict:
     """Compute `metrics` for `model_or_samples` (see the module docstring) and return a JSON-ready dict:
 
-        {"results": {metric: {<numbers>, "protocol": {...}}}, "protocol": {...}, "environment": {...}}
+        {"results": {metric: {<numbers>, "protocol": {...}}}, "protocol": {...}, "environment": {...},
+         "warnings": [...]}
 
     Each metric's protocol is complete on its own: metric, feature network and its sha256, number of generated and
     reference samples, reference set, sampler, NFE, EMA or raw, seeds, source. When generating, `n` samples (default
     1000) are made for seeds 0..n−1 unless `seeds` says otherwise; for sample files `n` takes the first n.
+    A class-conditional model is sampled with `class_labels` (K, 'random' or one per seed) and `guidance` W.
+    `warnings` lists the references that overlap the model's recorded training data.
     Under torchrun every rank returns the same dict (generation and Inception features are sharded). A model loaded
     from a path samples on the fast path (``fastpath.accelerate``; ``fast`` holds its switches, default automatic).
     """
@@ -465,18 +591,25 @@ def evaluate(
     chosen = _parse_metrics(metrics)
     d = distributed.setup(str(device))
     s = _load_source(model_or_samples, n, seeds, sampler, nfe, ema, batch, d.device, dict(sampler_options or {}),
-                     progress and d.is_main, dict(fast or {}))
+                     progress and d.is_main, dict(fast or {}), {"class_labels": class_labels, "guidance": guidance},
+                     schedule)
     if len(s.x) < 4:
         raise UserError(f"evaluation needs at least 4 samples, got {len(s.x)}")
     if not torch.isfinite(s.x).all():
         raise UserError("the samples contain NaN or infinite values")
-    ref = parse_reference(reference, s.data, s.kind)
+    ref = parse_reference(reference, s.training["data"] if s.training else None, s.kind)
+    if s.kind == "image" and ref.is_digits and s.x.shape[1] != 1:
+        raise UserError(f"{s.protocol['source']}: {s.x.shape[1]}-channel images, but the reference "
+                        f"{ref.label(_resolution(s))} is the bundled grayscale digits (the default when no run names "
+                        f"its data): name your data with --reference DATASET[@SPLIT] (a folder, .zip or .npz of "
+                        f"images, or a FID statistics .npz)")
     chosen = chosen or _default_metrics(s, ref)
     if ref.stats_file is not None and set(chosen) - {"fid"}:
         raise UserError(f"--reference {ref.stats_file} is a statistics file, usable only by fid; "
                         f"drop {', '.join(sorted(set(chosen) - {'fid'}))} or name a data set")
-    common = {**s.protocol, "n_generated": len(s.x), "data_shape": list(s.x.shape[1:])}
-    ctx = {"device": d.device, "inception": inception, "batch": batch, "is_main": d.is_main,
+    common = {**s.protocol, "n_generated": len(s.x), "data_shape": list(s.x.shape[1:]),
+              "training_data": f"{s.training['data']}@{s.training['data_split']}" if s.training else None}
+    ctx = {"device": d.device, "inception_file": inception, "batch": batch, "is_main": d.is_main,
            "save_reference_stats": save_reference_stats}
     results = {}
     for name in chosen:
@@ -485,4 +618,4 @@ def evaluate(
         results[name] = out
     env = {"fastdiffusion": fastdiffusion.__version__, "torch": torch.__version__, "device": str(d.device),
            "world_size": d.world_size}
-    return {"results": results, "protocol": common, "environment": env}
+    return {"results": results, "protocol": common, "environment": env, "warnings": _overlap_warnings(s, ref, chosen)}

@@ -9,18 +9,21 @@ saved sample files and in-memory samples give the same features; grayscale is re
 
 The weights are never downloaded: pass the local file `weights-inception-2015-12-05-6726825d.pth` (from the
 torch-fidelity GitHub release v0.2.0) with `inception=PATH` / `--inception PATH` or the environment variable
-FASTDIFFUSION_INCEPTION (a file, or a folder holding it). Its sha256 is recorded as the feature network's hash.
+FASTDIFFUSION_INCEPTION (a file, or a folder holding it); without either, the copy torch-fidelity's own download
+keeps in torch.hub's cache (`$TORCH_HOME/hub/checkpoints/`, by default `~/.cache/torch/hub/checkpoints/`) is used if
+it is there. Its sha256 is recorded as the feature network's hash.
 torch-fidelity is an optional dependency: `pip install 'fastdiffusion[fid]'`.
 
 Reference statistics come from a precomputed .npz (arrays mu and sigma: ours, EDM's fid-refs or pytorch-fid's) or
 from images (a bundled name, folder, .zip or .npz of images, read by `fastdiffusion.data`). Feature extraction is
-sharded across torchrun ranks and the float64 sums are all-reduced.
+sharded across torchrun ranks: `image_stats` all-reduces the float64 sums, `image_features` gathers the features
+(for KID, `kid.py`, which needs them all).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,7 +40,10 @@ __all__ = [
     "INCEPTION_FILE",
     "INCEPTION_URL",
     "fid",
+    "fid_from_stats",
+    "image_features",
     "image_stats",
+    "inception_cache_file",
     "load_inception",
     "resolve_inception",
     "to_uint8_rgb",
@@ -51,13 +57,22 @@ FEATURE_NETWORK = "inception-v3-2015-12-05 pool3 (2048-d, torch-fidelity Feature
 _WHERE = f"download it once from the torch-fidelity GitHub release ({INCEPTION_URL})"
 
 
+def inception_cache_file() -> Path:
+    """Where torch-fidelity's download keeps the weights: torch.hub's checkpoints folder (``torch.hub.get_dir()``, by
+    default ~/.cache/torch/hub) / INCEPTION_FILE."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
 def resolve_inception(path: str | Path | None = None) -> Path:
-    """The Inception weights file: `path`, else $FASTDIFFUSION_INCEPTION; a folder is searched for INCEPTION_FILE."""
+    """The Inception weights file: `path`, else $FASTDIFFUSION_INCEPTION, else torch-fidelity's cached copy if present;
+    a folder is searched for INCEPTION_FILE."""
     given = path if path is not None else os.environ.get(INCEPTION_ENV) or None
+    if given is None and inception_cache_file().is_file():
+        return inception_cache_file()
     if given is None:
         raise UserError(
-            f"FID needs the Inception weights file {INCEPTION_FILE}: {_WHERE} and pass it with --inception PATH "
-            f"or set {INCEPTION_ENV}"
+            f"FID needs the Inception weights file {INCEPTION_FILE}, not found in torch-fidelity's cache "
+            f"{inception_cache_file().parent}: {_WHERE} and pass it with --inception PATH or set {INCEPTION_ENV}"
         )
     p = Path(given).expanduser()
     if p.is_dir():
@@ -122,18 +137,67 @@ def image_stats(
     Under torchrun each rank extracts rows rank::world and the sums are all-reduced, so every rank returns the
     statistics of all N images.
     """
-    from ..training.distributed import rank_world
-
-    rank, world = rank_world()
-    mine = x[rank::world]
     stats = FeatureStats()
-    for lo in range(0, mine.shape[0], batch):
-        u8 = to_uint8_rgb(mine[lo : lo + batch]).to(device)
-        stats.update(extractor(u8).to(torch.float64))
+    for features in _rank_features(x, extractor, batch, device):
+        stats.update(features.to(torch.float64))
     if stats.dim is None:  # this rank got no rows: learn the dimension from one image (not counted)
         stats.dim = int(extractor(to_uint8_rgb(x[:1]).to(device)).shape[1])
     stats.all_reduce(device if torch.device(device).type == "cuda" else None)
     return stats.stats()
+
+
+def _rank_features(x: Tensor, extractor: Callable[[Tensor], Tensor], batch: int, device: str | torch.device
+                   ) -> Iterator[Tensor]:
+    """The features of this torchrun rank's rows x[rank::world] (all rows outside torchrun), `batch` at a time."""
+    from ..training.distributed import rank_world
+
+    rank, world = rank_world()
+    mine = x[rank::world]
+    for lo in range(0, mine.shape[0], batch):
+        yield extractor(to_uint8_rgb(mine[lo : lo + batch]).to(device))
+
+
+def image_features(
+    x: Tensor, extractor: Callable[[Tensor], Tensor], batch: int = 200, device: str | torch.device = "cpu"
+) -> Tensor:
+    """Float32 features (N, D) of images x (N, C, H, W) in [−1, 1] (or uint8), on the CPU, in row order.
+
+    Under torchrun each rank extracts rows rank::world and every rank gets all N rows back (all_gather).
+    """
+    import torch.distributed as dist
+
+    from ..training.distributed import rank_world
+
+    parts = [f.float().cpu() for f in _rank_features(x, extractor, batch, device)]
+    local = torch.cat(parts) if parts else torch.empty(0, 0)
+    rank, world = rank_world()
+    if world == 1:
+        return local
+    gathered: list[Tensor] = [None] * world  # type: ignore[list-item]
+    dist.all_gather_object(gathered, local)
+    dim = max(part.shape[1] for part in gathered)
+    out = torch.empty(x.shape[0], dim)
+    for r, part in enumerate(gathered):
+        if len(part):  # a rank with no rows sent a (0, 0) tensor
+            out[r::world] = part
+    return out
+
+
+def fid_from_stats(gen: GaussianStats, ref: GaussianStats, info: dict) -> dict:
+    """FID between generated and reference statistics made by the feature network `info` describes, after checking
+    that both come from the same network. Returns {'value', **info, 'n_generated', 'n_reference'}."""
+    if ref.mu.shape != gen.mu.shape:
+        raise UserError(
+            f"FID: reference statistics are {ref.mu.shape[0]}-d but the feature network gives {gen.mu.shape[0]}-d "
+            f"features; use statistics made with the same network"
+        )
+    ref_hash = ref.meta.get("feature_network_sha256")
+    if ref_hash and info.get("feature_network_sha256") and ref_hash != info["feature_network_sha256"]:
+        raise UserError(
+            f"FID: reference statistics were made with feature network {ref_hash[:12]}…, not the given "
+            f"{info['feature_network_sha256'][:12]}…; recompute them"
+        )
+    return {"value": gen.frechet_distance(ref), **info, "n_generated": gen.n, "n_reference": ref.n}
 
 
 def fid(
@@ -157,15 +221,4 @@ def fid(
     info = dict(info or {"feature_network": "custom", "feature_network_sha256": None})
     gen = image_stats(samples, extractor, batch, device)
     ref = reference if isinstance(reference, GaussianStats) else image_stats(reference, extractor, batch, device)
-    if ref.mu.shape != gen.mu.shape:
-        raise UserError(
-            f"FID: reference statistics are {ref.mu.shape[0]}-d but the feature network gives {gen.mu.shape[0]}-d "
-            f"features; use statistics made with the same network"
-        )
-    ref_hash = ref.meta.get("feature_network_sha256")
-    if ref_hash and info.get("feature_network_sha256") and ref_hash != info["feature_network_sha256"]:
-        raise UserError(
-            f"FID: reference statistics were made with feature network {ref_hash[:12]}…, not the given "
-            f"{info['feature_network_sha256'][:12]}…; recompute them"
-        )
-    return {"value": gen.frechet_distance(ref), **info, "n_generated": gen.n, "n_reference": ref.n}
+    return fid_from_stats(gen, ref, info)

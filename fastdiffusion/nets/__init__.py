@@ -1,7 +1,7 @@
 """Denoiser networks and their registry.
 
-An *architecture* is a network class plus the defaults that name it ('ddpmpp', 'ncsnpp', 'mlp', and 'dsno', DSNO's
-time-mixing student around a teacher's config given as ``backbone=``); a *preset* is an
+An *architecture* is a network class plus the defaults that name it ('ddpmpp', 'ncsnpp', 'adm', 'mlp', and 'dsno',
+DSNO's time-mixing student around a teacher's config given as ``backbone=``); a *preset* is an
 architecture plus a paper's or a size's settings ('ddpmpp-cifar10', 'ddpmpp-tiny', ...). ``net_config`` resolves
 either to the complete JSON-serialisable kwargs, and ``build_net(**net_config(...))`` rebuilds the same network, so a
 checkpoint needs only that dict and its weights.
@@ -16,12 +16,14 @@ from typing import Any
 from torch import nn
 
 from fastdiffusion.errors import UserError
+from fastdiffusion.nets.adm import DhariwalUNet
 from fastdiffusion.nets.cunet import ContinuousUNet
 from fastdiffusion.nets.mlp import MLP
 from fastdiffusion.nets.operator import DSNOOperator
 from fastdiffusion.nets.unet import SongUNet
 
-__all__ = ["ARCHS", "PRESETS", "MLP", "ContinuousUNet", "DSNOOperator", "SongUNet", "build_net", "net_config"]
+__all__ = ["ARCHS", "PRESETS", "MLP", "ContinuousUNet", "DSNOOperator", "DhariwalUNet", "SongUNet", "build_net",
+           "net_config"]
 
 # Architecture name -> (class, the defaults that distinguish it). DDPM++ and NCSN++ differ only in these
 # (EDM, train.py): the noise embedding, the input path and the resampling filter.
@@ -30,6 +32,7 @@ ARCHS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
                               decoder_type="standard", resample_filter=[1, 1])),
     "ncsnpp": (SongUNet, dict(embedding_type="fourier", channel_mult_noise=2, encoder_type="residual",
                               decoder_type="standard", resample_filter=[1, 3, 3, 1])),
+    "adm": (DhariwalUNet, {}),
     "cunet": (ContinuousUNet, {}),
     "mlp": (MLP, {}),
     "dsno": (DSNOOperator, {}),

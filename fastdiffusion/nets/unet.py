@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from fastdiffusion.errors import UserError
 
-__all__ = ["SongUNet", "UNetBlock", "PositionalEmbedding", "FourierEmbedding", "GroupNorm", "Resample"]
+__all__ = ["ConvDown", "SongUNet", "UNetBlock", "PositionalEmbedding", "FourierEmbedding", "GroupNorm", "Resample"]
 
 _SKIP_SCALE = math.sqrt(0.5)  # keeps the variance of a sum of two unit-variance branches at one
 
@@ -132,6 +132,21 @@ class Resample(nn.Module):
         return F.conv_transpose2d(x, k * 4, stride=2, padding=self.padding, groups=x.shape[1])
 
 
+class ConvDown(nn.Sequential):
+    """NCSN++'s down-sampling convolution, ``y = (conv3x3(x; W) * K)[::2, ::2] + b``, with the 3x3 convolution
+    zero-padded by 1 + pad(K) so the filter sees its full output at the border (EDM's ``fused_resample``; filtering a
+    zero-padded conv3x3 output instead changes the border pixels). Children [conv, Resample] hold W, b and K."""
+
+    def __init__(self, in_channels: int, out_channels: int, resample_filter: Sequence[float]) -> None:
+        super().__init__(conv(in_channels, out_channels, 3), Resample(out_channels, "down", resample_filter))
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv3, down = self[0], self[1]
+        y = F.conv2d(x, conv3.weight.to(x.dtype), padding=1 + down.padding)
+        y = F.conv2d(y, down.kernel.to(y.dtype), stride=2, groups=y.shape[1])
+        return y + conv3.bias.to(y.dtype)[:, None, None]
+
+
 def upsample_nearest_nhwc(x: Tensor) -> Tensor:
     """Nearest-neighbour 2x upsampling of a channels_last tensor as a broadcast, ``y[2i + a, 2j + b] = x[i, j]``.
 
@@ -144,12 +159,14 @@ def upsample_nearest_nhwc(x: Tensor) -> Tensor:
 
 class PositionalEmbedding(nn.Module):
     """Transformer sinusoidal embedding of a scalar c (Vaswani et al. 2017; DDPM):
-    ``[sin(c w_i), cos(c w_i)]`` with ``w_i = (1 / max_positions)^(i / (C/2 - 1))``, i = 0 .. C/2 - 1."""
+    ``[sin(c w_i), cos(c w_i)]`` with ``w_i = (1 / max_positions)^(i / (C/2 - 1))``, i = 0 .. C/2 - 1, or
+    ``i / (C/2)`` with ``endpoint=False`` (ADM's)."""
 
-    def __init__(self, num_channels: int, max_positions: int = 10_000) -> None:
+    def __init__(self, num_channels: int, max_positions: int = 10_000, endpoint: bool = True) -> None:
         super().__init__()
         half = num_channels // 2
-        freqs = (1 / max_positions) ** (torch.arange(half, dtype=torch.float32) / max(half - 1, 1))
+        denominator = max(half - 1, 1) if endpoint else half
+        freqs = (1 / max_positions) ** (torch.arange(half, dtype=torch.float32) / denominator)
         self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, c: Tensor) -> Tensor:
@@ -180,6 +197,8 @@ class UNetBlock(nn.Module):
 
     adaptive_scale=False (DDPM++/NCSN++): the embedding is a per-channel shift, ``GN(h + A emb)``.
     adaptive_scale=True (ADM-style FiLM): ``[s, b] = A emb``, ``GN(h) (1 + s) + b``.
+    ADM's blocks also differ in ``eps`` (1e-5), ``skip_scale`` (1: the sums are not rescaled) and
+    ``resample_proj=False`` (a resampling block of unchanged width resamples its identity path without a 1x1 conv).
     """
 
     def __init__(
@@ -195,25 +214,29 @@ class UNetBlock(nn.Module):
         dropout: float = 0.0,
         resample_filter: Sequence[float] = (1, 1),
         adaptive_scale: bool = False,
+        eps: float = 1e-6,
+        skip_scale: float = _SKIP_SCALE,
+        resample_proj: bool = True,
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.adaptive_scale = adaptive_scale
+        self.adaptive_scale, self.skip_scale = adaptive_scale, skip_scale
         self.resample = Resample(in_channels, "up" if up else "down", resample_filter) if up or down else None
-        self.norm0 = GroupNorm(in_channels)
+        self.norm0 = GroupNorm(in_channels, eps)
         self.conv0 = conv(in_channels, out_channels, 3)
         self.affine = linear(emb_channels, out_channels * (2 if adaptive_scale else 1))
-        self.norm1 = GroupNorm(out_channels)
+        self.norm1 = GroupNorm(out_channels, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv1 = conv(out_channels, out_channels, 3, gain=1e-5)
-        # The identity path needs a 1x1 projection whenever the shape changes.
-        self.skip = conv(in_channels, out_channels, 1) if in_channels != out_channels or up or down else None
+        # The identity path needs a 1x1 projection whenever the width changes, and (resample_proj) when it resamples.
+        project = in_channels != out_channels or (resample_proj and (up or down))
+        self.skip = conv(in_channels, out_channels, 1) if project else None
 
         self.num_heads = num_heads if attention else 0
         if self.num_heads:
             if out_channels % num_heads:
                 raise UserError(f"attention: {out_channels} channels do not split into {num_heads} heads")
-            self.norm2 = GroupNorm(out_channels)
+            self.norm2 = GroupNorm(out_channels, eps)
             self.qkv = conv(out_channels, out_channels * 3, 1, gain=math.sqrt(0.2))
             self.proj = conv(out_channels, out_channels, 1, gain=1e-5)
 
@@ -229,8 +252,10 @@ class UNetBlock(nn.Module):
         else:
             h = F.silu(self.norm1(h + params))
         h = self.conv1(self.dropout(h))
-        identity = x if self.skip is None else self.skip(self._resample(x))
-        x = (h + identity) * _SKIP_SCALE
+        identity = self._resample(x)
+        if self.skip is not None:
+            identity = self.skip(identity)
+        x = (h + identity) * self.skip_scale
 
         if self.num_heads:
             n, c, height, width = x.shape
@@ -239,7 +264,7 @@ class UNetBlock(nn.Module):
             q, k, v = qkv.transpose(-1, -2).unbind(1)
             a = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C/heads)) v
             a = a.transpose(-1, -2).reshape(n, c, height, width)
-            x = (self.proj(a) + x) * _SKIP_SCALE
+            x = (self.proj(a) + x) * self.skip_scale
         return x
 
 
@@ -251,7 +276,7 @@ class _EncoderLevel(nn.Module):
         self.down: UNetBlock | None = None
         self.aux_down: Resample | None = None  # 'skip' encoder: FIR-downsample the input image
         self.aux_skip: nn.Conv2d | None = None  # 'skip' encoder: 1x1 projection added to h
-        self.aux_residual: nn.Sequential | None = None  # 'residual' encoder: conv3x3 then FIR-downsample
+        self.aux_residual: ConvDown | None = None  # 'residual' encoder: conv3x3 and FIR-downsample in one
         self.blocks = nn.ModuleList()
 
 
@@ -347,7 +372,7 @@ class SongUNet(nn.Module):
                     enc.aux_skip = conv(c_aux, c, 1)
                 elif encoder_type == "residual":
                     # NCSN++'s progressive input: a 3x3 conv at the finer resolution, then the FIR downsample.
-                    enc.aux_residual = nn.Sequential(conv(c_aux, c, 3), Resample(c, "down", resample_filter))
+                    enc.aux_residual = ConvDown(c_aux, c, resample_filter)
                     c_aux = c
                 skip_channels.append(c)
             for _ in range(num_blocks):

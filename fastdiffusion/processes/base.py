@@ -84,8 +84,10 @@ class Process(Protocol):
         """Upper bound on the loss weight at training step ``step`` (inf: none)."""
         ...
 
-    def training_loss(self, model: Callable, x0: Tensor, sigma: Tensor, noise: Tensor, step: int = 0) -> Tensor:
-        """Mean training loss of ``model`` on clean data ``x0`` with this step's noise levels and noise."""
+    def training_loss(self, model: Callable, x0: Tensor, sigma: Tensor, noise: Tensor, step: int = 0,
+                      class_labels: Tensor | None = None) -> Tensor:
+        """Mean training loss of ``model`` on clean data ``x0`` with this step's noise levels and noise; with
+        ``class_labels`` (one-hot (N, K), all-zero = no class) the model is called ``model(x, sigma, class_labels)``."""
         ...
 
     # -- the model -----------------------------------------------------------------------------------------------

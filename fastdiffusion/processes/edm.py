@@ -59,11 +59,14 @@ class EDMFamily(ABC):
     def loss_clamp(self, step: int) -> float:
         return math.inf
 
-    def training_loss(self, model: Callable, x0: Tensor, sigma: Tensor, noise: Tensor, step: int = 0) -> Tensor:
-        """Mean over the batch of ``lambda(sigma) * mean_pixels (D(x0 + sigma n; sigma) - x0)^2`` (EDM eq. 2)."""
+    def training_loss(self, model: Callable, x0: Tensor, sigma: Tensor, noise: Tensor, step: int = 0,
+                      class_labels: Tensor | None = None) -> Tensor:
+        """Mean over the batch of ``lambda(sigma) * mean_pixels (D(x0 + sigma n; sigma[, y]) - x0)^2`` (EDM eq. 2)."""
         x = x0 + sigma.float().reshape((-1,) + (1,) * (x0.ndim - 1)) * noise
         weight = self.loss_weight(sigma, step).float()
-        per_example = (model(x, sigma) - x0).square().flatten(1).mean(1)
+        # A plain D(x, sigma) callable stays a valid model when there are no labels.
+        denoised = model(x, sigma) if class_labels is None else model(x, sigma, class_labels)
+        per_example = (denoised - x0).square().flatten(1).mean(1)
         return (weight * per_example).mean()
 
     def network_output(self, net: nn.Module, x: Tensor, sigma: Tensor | float,

@@ -387,8 +387,9 @@ class PSLD:
         target = self.kernel_chol(t).transpose(-1, -2) @ inv2(chol_d).transpose(-1, -2)
         return apply_block(mean, z0) + apply_block(chol_d, eps), apply_block(target, eps)
 
-    def training_loss(self, model: Callable, x0: Tensor, t: Tensor, noise: Tensor, step: int = 0) -> Tensor:
-        """Mean over the batch and the 2C channels of (ε_θ(z_t, t) − target)² (PSLD eq. 8-10, HSM or DSM)."""
+    def training_loss(self, model: Callable, x0: Tensor, t: Tensor, noise: Tensor, step: int = 0,
+                      class_labels: Tensor | None = None) -> Tensor:
+        """Mean over the batch and the 2C channels of (ε_θ(z_t, t[, y]) − target)² (PSLD eq. 8-10, HSM or DSM)."""
         z, target = self.perturb(x0, t, noise)
-        pred = model(z, t)
+        pred = model(z, t) if class_labels is None else model(z, t, class_labels)
         return (pred.float() - target.float()).square().mean()

@@ -36,6 +36,17 @@ def _solve(rows: list[list[float]], rhs: list[float]) -> list[float]:
 LOWER_ORDER_FINAL_BELOW = 10
 
 
+# Third order only on grids whose steps in lambda are all at most this: on coarser grids (Karras at low NFE) the
+# quadratic extrapolation of D over the huge early steps diverges, even on exact scores (docs/samplers.md).
+THIRD_ORDER_MAX_STEP = 1.2
+
+
+def stable_order(order: int, hls: Sequence[float]) -> int:
+    """``order``, capped at 2 when a step between the grid's positive levels exceeds ``THIRD_ORDER_MAX_STEP``."""
+    steps = [b - a for a, b in zip(hls[:-1], hls[1:], strict=True)]
+    return min(order, 2) if steps and max(steps) > THIRD_ORDER_MAX_STEP else order
+
+
 def _order(order: int, i: int, n_steps: int) -> int:
     """Order of step ``i`` of ``n_steps``: warm-up, then lower-order final steps (docs/samplers.md, order schedule)."""
     final = n_steps - i if n_steps < LOWER_ORDER_FINAL_BELOW else order
@@ -55,6 +66,7 @@ def dpmpp_multistep(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Nois
     """DPM-Solver++(kM), data prediction, k = ``order`` <= 3 (Lu et al. 2022, arXiv 2211.01095); 3M in Taylor form."""
     sig, hls = sigmas.tolist(), half_log_snr(sigmas)
     n_steps = len(sig) - 1
+    order = stable_order(order, hls)
     history: list[Tensor] = []
     for i in range(n_steps):
         denoised = denoiser(x, sigmas[i])
@@ -121,6 +133,7 @@ def unipc(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None =
     """UniPC bh2 (Zhao et al. 2023): UniP-p predictor, UniC-p corrector on the next step's call (none on the last)."""
     sig, hls = sigmas.tolist(), half_log_snr(sigmas)
     n_steps = len(sig) - 1
+    order = stable_order(order, hls)
     hist: list[Tensor] = [denoiser(x, sigmas[0])]
     for i in range(n_steps):
         denoised = hist[0]

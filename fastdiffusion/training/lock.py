@@ -1,15 +1,26 @@
 """One training per run directory: an exclusive ``flock`` on ``run_dir/.lock``.
 
-The kernel drops the lock when its process dies, even by SIGKILL, so a killed run never leaves it stuck.
+The kernel drops the lock when its process dies, even by SIGKILL, so a killed run never leaves it stuck. A forked child
+(a DataLoader worker) closes its copy of the descriptor at once: otherwise the lock would outlive the training process
+until its last worker noticed and exited.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import weakref
+from functools import partial
 from pathlib import Path
 
 from ..errors import UserError
+
+
+def _close_in_child(ref: weakref.ref) -> None:
+    lock = ref()
+    if lock is not None and lock.fd >= 0:
+        os.close(lock.fd)
+        lock.fd = -1
 
 
 class RunLock:
@@ -25,6 +36,7 @@ class RunLock:
                             f"or choose another --run-dir") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        os.register_at_fork(after_in_child=partial(_close_in_child, weakref.ref(self)))
 
     def release(self) -> None:
         if self.fd >= 0:

@@ -1,0 +1,182 @@
+"""``fastdiffusion bench samplers MODEL``: every sampler × schedule × NFE on a trained model (docs/benchmarks.md).
+
+Per run: FD on the bundled digits classifier (digits models), the RMS to the Heun-35 endpoint from the same noise, the
+last positive noise level and the high-frequency energy against Heun-35's (no win by blur). The ``model`` schedule is
+fitted per sampler and NFE on tuning seeds disjoint from the evaluation seeds (``samplers.tuning``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..checkpoint import atomic_write_bytes, atomic_write_json
+from ..errors import UserError
+from ..models import ProcessModel
+from ..plots import figure, save_figure
+from ..samplers import get_sampler, make_sigmas
+from ..samplers.tuning import fit_schedule, reference_solve
+from ..sampling import generate, sampling_range
+from ..seeds import SeededNoise, format_seeds, parse_seeds
+from .provenance import provenance
+
+SAMPLERS = ("dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim")
+SCHEDULES = ("karras", "logsnr", "tuned", "model")  # 'model': fitted to this model (``fastdiffusion tune``)
+NFES = (4, 5, 6, 8, 10)
+EVAL_SEEDS = "100000-100999"
+TUNING_SEEDS = "1000000-1000255"
+REFERENCE = ("heun", 35)
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def hf_energy(x: Tensor) -> float:
+    """Mean squared 3×3 Laplacian of images (N, C, H, W) at full resolution: their high-frequency energy."""
+    c = x.shape[1]
+    kernel = LAPLACIAN.to(x.device, torch.float32).expand(c, 1, 3, 3)
+    return float(F.conv2d(x.float(), kernel, groups=c).square().mean())
+
+
+def _digits(model: ProcessModel) -> bool:
+    return model.data_shape[0] == 1
+
+
+def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str], nfes: Sequence[int],
+        eval_seeds: list[int], tuning_seeds: list[int], tune_nfes: Sequence[int], batch: int, max_evals: int,
+        device: torch.device) -> dict:
+    """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the Heun-35 reference."""
+    from ..metrics.digits_classifier import fd_digits
+
+    digits = _digits(model)
+    lo, hi = sampling_range(model)
+
+    def metrics(x: Tensor, ref: Tensor) -> dict:
+        out = {"rms_to_reference": float((x - ref).square().mean().sqrt()), "hf_energy": hf_energy(x)}
+        if digits:
+            out["fd_digits"] = fd_digits(x, "test", device=device)
+        return out
+
+    t0 = time.perf_counter()
+    ref = generate(model, eval_seeds, batch=batch, device=device, sampler=REFERENCE[0], nfe=REFERENCE[1],
+                   progress=False)
+    reference = {"sampler": REFERENCE[0], "nfe": REFERENCE[1], **metrics(ref, ref),
+                 "seconds": time.perf_counter() - t0}
+    tune_noise = SeededNoise(tuning_seeds).randn(model.data_shape, device)
+    tune_ref = reference_solve(model, tune_noise) if "model" in schedules else None
+    rows = []
+    for name in samplers:
+        spec = get_sampler(name)
+        for nfe in nfes:
+            try:
+                steps = spec.steps(nfe)
+            except UserError:
+                continue
+            for schedule in schedules:
+                if schedule == "model" and nfe not in tune_nfes:
+                    continue
+                row: dict = {"sampler": name, "schedule": schedule, "nfe": nfe}
+                if schedule == "model":
+                    t0 = time.perf_counter()
+                    tuned = fit_schedule(model, sampler=name, nfe=nfe, noise=tune_noise, reference=tune_ref,
+                                         max_evals=max_evals)
+                    sigmas = tuned.sigmas
+                    row.update(tuning_seconds=time.perf_counter() - t0, tuning_value=tuned.value,
+                               tuning_start=tuned.start, tuning_evaluations=tuned.evaluations)
+                else:
+                    sigmas = make_sigmas(schedule, steps, lo, hi, sampler=name)
+                x = generate(model, eval_seeds, batch=batch, device=device, sampler=name, nfe=nfe, sigmas=sigmas,
+                             progress=False)
+                row.update(sigmas=sigmas.tolist(), last_sigma=float(sigmas[-2]), **metrics(x, ref))
+                row["hf_ratio"] = row["hf_energy"] / reference["hf_energy"]
+                rows.append(row)
+                print(_line(row), flush=True)
+    return {"reference": reference, "results": rows}
+
+
+def _line(row: dict) -> str:
+    fd = f"FD {row['fd_digits']:.1f} " if "fd_digits" in row else ""
+    return (f"{row['sampler']}@{row['schedule']} NFE {row['nfe']}: {fd}RMS {row['rms_to_reference']:.4f} "
+            f"last sigma {row['last_sigma']:.3g} HF {row['hf_ratio']:.2f}x")
+
+
+def markdown(result: dict) -> str:
+    """One table per metric: sampler × schedule rows, NFE columns."""
+    rows, nfes = result["results"], sorted({r["nfe"] for r in result["results"]})
+    ref = result["reference"]
+    metric = "fd_digits" if "fd_digits" in ref else "rms_to_reference"
+    lines = [f"Reference: {ref['sampler']} {ref['nfe']} NFE" + (f", FD {ref['fd_digits']:.1f}" if "fd_digits" in ref
+                                                                 else ""), "",
+             f"{metric} (last positive sigma, HF energy / Heun-35's)", "",
+             "| sampler | schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+             "|---|---|" + "---|" * len(nfes)]
+    keys = list(dict.fromkeys((r["sampler"], r["schedule"]) for r in rows))
+    for name, schedule in keys:
+        cells = []
+        for n in nfes:
+            r = next((r for r in rows if (r["sampler"], r["schedule"], r["nfe"]) == (name, schedule, n)), None)
+            cells.append("–" if r is None else f"{r[metric]:.4g} ({r['last_sigma']:.2g}, {r['hf_ratio']:.2f})")
+        lines.append(f"| {name} | {schedule} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """The metric against NFE, one panel per sampler, one line per schedule, the reference as a horizontal line."""
+    rows, ref = result["results"], result["reference"]
+    metric = "fd_digits" if "fd_digits" in ref else "rms_to_reference"
+    names = list(dict.fromkeys(r["sampler"] for r in rows))
+    cols = min(3, len(names))
+    fig, axes = figure(nrows=math.ceil(len(names) / cols), ncols=cols, figsize=(4.5 * cols, 3.6 *
+                       math.ceil(len(names) / cols)), squeeze=False, constrained_layout=True)
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        for schedule in dict.fromkeys(r["schedule"] for r in rows):
+            pts = sorted((r["nfe"], r[metric]) for r in rows if r["sampler"] == name and r["schedule"] == schedule)
+            if pts:
+                ax.semilogy(*zip(*pts, strict=True), marker="o", ms=3, label=schedule)
+        if metric in ref:
+            ax.axhline(ref[metric], color="gray", ls=":", label=f"{ref['sampler']} {ref['nfe']}")
+        ax.set_title(name)
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    save_figure(fig, path)
+
+
+def main(args: argparse.Namespace) -> dict:
+    from ..fastpath import accelerate
+    from ..models import load_model
+    from ..training import distributed
+
+    d = distributed.setup(args.device)
+    model = load_model(args.model, device=d.device)
+    accelerate(model, d.device, compile=False)  # shapes vary between tuning and evaluation: no recompiles
+    eval_seeds, tuning_seeds = parse_seeds(args.seeds), parse_seeds(args.tuning_seeds)
+    if set(eval_seeds) & set(tuning_seeds):
+        raise UserError("--seeds and --tuning-seeds overlap: evaluation must use fresh noise")
+    samplers = args.samplers.split(",") if args.samplers else list(SAMPLERS)
+    schedules = args.schedules.split(",") if args.schedules else list(SCHEDULES)
+    with torch.no_grad():
+        result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
+                     tuning_seeds=tuning_seeds, tune_nfes=args.tune_nfe or args.nfe, batch=args.batch,
+                     max_evals=args.max_evals, device=d.device)
+    result["protocol"] = {"model": str(args.model), "eval_seeds": format_seeds(eval_seeds),
+                          "tuning_seeds": format_seeds(tuning_seeds), "fd": "FD-digits vs the digits32 test split"
+                          if _digits(model) else None, "reference": f"{REFERENCE[0]} {REFERENCE[1]} NFE, same seeds",
+                          "hf_energy": "mean squared 3x3 Laplacian at full resolution",
+                          "fast_path": "bf16 autocast, channels_last, no compile" if d.device.type == "cuda" else
+                          "fp32 eager", **provenance(d.device)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "model_samplers.json", result)
+    atomic_write_bytes(out / "model_samplers.md", markdown(result).encode())
+    plot(result, out / "model_samplers.png")
+    print(f"wrote {out / 'model_samplers.json'}, .md, .png")
+    return result

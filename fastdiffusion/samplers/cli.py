@@ -1,0 +1,68 @@
+"""``fastdiffusion tune MODEL --sampler S --nfe N``: a sampler's noise levels fitted to one model, saved as JSON.
+
+``fastdiffusion.cli`` calls ``add_parser(subparsers)``; the subcommand sets ``func(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli_args import add_fast_path_arguments, fast_path_options, parse_kv, positive_int
+
+TUNING_SEEDS = "1000000-1000255"  # disjoint from the seeds samples and evaluations use by default
+
+
+def _tune(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..bench.provenance import provenance
+    from ..fastpath import accelerate
+    from ..models import load_model
+    from ..sampling import check_sampler_args
+    from ..seeds import SeededNoise, format_seeds, parse_seeds
+    from ..training import distributed
+    from .tuning import REFERENCE_NFE, fit_schedule, model_digest, save_schedule
+
+    hyper = parse_kv(args.opt, "--opt")
+    check_sampler_args(args.sampler, args.nfe, hyper)
+    seeds = parse_seeds(args.seeds)
+    d = distributed.setup(args.device)
+    model = load_model(args.model, ema=not args.raw, device=d.device)
+    digest = model_digest(model)
+    accelerate(model, d.device, **fast_path_options(args))
+    noise = SeededNoise(seeds).randn(model.data_shape, d.device)
+    with torch.no_grad():
+        tuned = fit_schedule(model, sampler=args.sampler, nfe=args.nfe, noise=noise, max_evals=args.max_evals,
+                             **hyper)
+    protocol = {"model": str(args.model), "model_sha256": digest, "ema": not args.raw, "sampler": args.sampler,
+                "nfe": args.nfe, "hyper": hyper, "tuning_seeds": format_seeds(seeds),
+                "objective": f"endpoint RMS to heun {REFERENCE_NFE} NFE (Karras grid) from the tuning noise",
+                "provenance": provenance(d.device)}
+    save_schedule(args.out, tuned, protocol)
+    fixed = ", ".join(f"{k} {v:.4g}" for k, v in tuned.start_values.items())
+    print(f"{args.sampler} at {args.nfe} NFE: endpoint RMS {tuned.value:.4g} (starts: {fixed}; "
+          f"{tuned.evaluations} sampler runs) -> {args.out}")
+    distributed.teardown()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from . import SAMPLERS
+
+    p = subparsers.add_parser("tune", help="fit a sampler's noise levels to one model",
+                              description="Fit the noise levels of a deterministic EDM-family sampler at a given NFE "
+                              "to the model's own PF-ODE (reference: a high-accuracy Heun solve from the tuning "
+                              "noise). The JSON goes to `sample/eval/distill trajectories --schedule FILE`.")
+    p.add_argument("model", help="a run directory, checkpoint directory or model file")
+    p.add_argument("--sampler", required=True, choices=sorted(n for n, s in SAMPLERS.items()
+                                                             if s.family == "edm" and not s.stochastic))
+    p.add_argument("--nfe", type=positive_int, required=True, help="network calls per sample the grid is for")
+    p.add_argument("--seeds", default=TUNING_SEEDS, help=f"tuning noise seeds (default {TUNING_SEEDS}: 256 seeds, "
+                   "disjoint from sampling's defaults)")
+    p.add_argument("--max-evals", type=positive_int, default=200, help="sampler runs of the search (default 200)")
+    p.add_argument("--out", type=Path, default=Path("schedule.json"), help="where the schedule goes")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. lam=-0.01")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+    add_fast_path_arguments(p)
+    p.set_defaults(func=_tune)

@@ -1,0 +1,223 @@
+"""Per-model schedule tuning: a sampler's noise levels fitted to the model's own PF-ODE (docs/samplers.md, "Per-model
+schedules").
+
+The reference is a high-accuracy solve of the model's PF-ODE from the tuning noise. A dynamic program over the
+reference's own grid picks the levels whose one-step Euler errors along the reference trajectory sum least (GITS,
+Chen et al. 2024); the interior levels are then refined to minimise the sampler's real endpoint error (Nelder-Mead in
+softmax-parameterised log-sigma decrements). The end levels stay at the model's sampling range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from torch import Tensor
+
+from ..checkpoint import atomic_write_json
+from ..errors import UserError
+from ..processes import Process
+from ..sampling import model_family, sample, sampling_range
+from .registry import get_sampler
+from .schedules import make_sigmas
+
+REFERENCE_NFE = 127  # Heun, 64 steps on the Karras grid: the tuning target
+MIN_STEP = 0.01  # smallest log-sigma decrement, as a fraction of ln(sigma_max / sigma_min)
+START_SCHEDULES = ("karras", "logsnr")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A high-accuracy PF-ODE solve from the tuning noise: states ``x[i]`` and denoiser outputs ``denoised[i]`` at the
+    levels ``sigmas[i]`` of its grid (the last positive level included), and the endpoints."""
+
+    sigmas: Tensor
+    x: list[Tensor]
+    denoised: list[Tensor]
+    endpoint: Tensor
+
+
+def reference_solve(model: Callable, noise: Tensor, *, nfe: int = REFERENCE_NFE, process: Process | None = None,
+                    class_labels: Tensor | None = None) -> Reference:
+    """Heun with ``nfe`` calls on the Karras grid (EDM Algorithm 1), keeping the state and D at every grid level."""
+    states: list[Tensor] = []
+    denoised: list[Tensor] = []
+    levels: list[float] = []
+    lo, hi = sampling_range(model, process)
+
+    def keep(info: dict) -> None:
+        levels.append(float(info["sigma"]))
+        denoised.append(info["denoised"])
+
+    def record(x: Tensor, sigma: Tensor) -> Tensor:
+        states.append(x)
+        return model(x, sigma) if class_labels is None else model(x, sigma, class_labels)
+
+    end = sample(record, noise, sampler="heun", nfe=nfe, process=process, callback=keep, sigma_min=lo,
+                 sigma_max=hi)
+    # Heun calls D twice per step: its first call of step i sees the state at level i.
+    firsts = states[0::2]
+    return Reference(torch.tensor(levels, dtype=torch.float64), firsts[:len(levels)], denoised, end)
+
+
+def dp_grid(ref: Reference, n: int) -> Tensor:
+    """``n`` levels of the reference grid, first and last kept, minimising the sum of one-step Euler errors
+    ``||x_i + (sigma_j - sigma_i)(x_i - D_i)/sigma_i - x_j||`` along the reference trajectory (GITS)."""
+    k = len(ref.sigmas)
+    if n < 2 or n > k:
+        raise UserError(f"cannot pick {n} levels from a reference grid of {k}")
+    s = ref.sigmas.tolist()
+    cost = np.full((k, k), np.inf)
+    for i in range(k - 1):
+        d = (ref.x[i] - ref.denoised[i]) / s[i]
+        for j in range(i + 1, k):
+            step = ref.x[i] + (s[j] - s[i]) * d
+            cost[i, j] = float((step - ref.x[j]).float().square().mean().sqrt())
+    best = np.full((n, k), np.inf)  # best[m, j]: least cost of reaching level j as the m-th pick
+    back = np.zeros((n, k), dtype=int)
+    best[0, 0] = 0.0
+    for m in range(1, n):
+        for j in range(1, k):
+            total = best[m - 1, :j] + cost[:j, j]
+            back[m, j] = int(np.argmin(total))
+            best[m, j] = total[back[m, j]]
+    picks = [k - 1]
+    for m in range(n - 1, 0, -1):
+        picks.append(back[m, picks[-1]])
+    return torch.tensor([s[i] for i in reversed(picks)], dtype=torch.float64)
+
+
+def _logits(levels: Tensor) -> np.ndarray:
+    """Inverse of ``_levels``: softmax logits of the log-sigma decrements of a grid's positive levels."""
+    log_s = levels.log().numpy()
+    frac = -np.diff(log_s) / (log_s[0] - log_s[-1])
+    w = (frac - MIN_STEP) / (1 - MIN_STEP * len(frac))
+    return np.log(np.clip(w, 1e-9, None))
+
+
+def _levels(z: np.ndarray, lo: float, hi: float) -> Tensor:
+    """Positive levels from ``hi`` down to ``lo``: decrements of ln sigma are ``MIN_STEP`` plus a softmax share."""
+    w = np.exp(z - z.max())
+    frac = MIN_STEP + (1 - MIN_STEP * len(z)) * w / w.sum()
+    log_s = math.log(hi) - np.concatenate([[0.0], np.cumsum(frac)]) * math.log(hi / lo)
+    levels = torch.tensor(np.exp(log_s), dtype=torch.float64)
+    levels[0], levels[-1] = hi, lo
+    return levels
+
+
+@dataclass(frozen=True)
+class TunedSchedule:
+    """A tuned grid (descending, ending in 0) with its objective before and after refinement and its starts."""
+
+    sigmas: Tensor
+    value: float
+    start: str
+    start_values: dict[str, float]
+    evaluations: int
+
+
+def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, process: Process | None = None,
+                 class_labels: Tensor | None = None, reference: Reference | None = None, max_evals: int = 200,
+                 **hyper: object) -> TunedSchedule:
+    """Fit the noise levels of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``: the endpoint RMS
+    to ``reference`` (default: ``reference_solve``), from the best of the DP grid and the Karras / log-SNR grids,
+    refined by Nelder-Mead within ``max_evals`` sampler runs. Tuning calls are not the sampler's NFE."""
+    spec = get_sampler(sampler)
+    if spec.family != "edm" or model_family(model, process) != "edm":
+        raise UserError(f"tune: schedules are tuned for EDM-family models and samplers, not a "
+                        f"{model_family(model, process)} model with '{sampler}'")
+    if spec.stochastic or hyper.get("churn"):
+        raise UserError(f"tune: '{sampler}' is stochastic; tune a deterministic sampler")
+    steps = spec.steps(nfe)
+    lo, hi = sampling_range(model, process)
+    ref = reference or reference_solve(model, noise, process=process, class_labels=class_labels)
+    evaluations = 0
+
+    def objective(levels: Tensor) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        grid = torch.cat([levels, levels.new_zeros(1)])
+        out = sample(model, noise, sampler=sampler, nfe=nfe, sigmas=grid, process=process,
+                     class_labels=class_labels, **hyper)
+        err = float((out - ref.endpoint).float().square().mean().sqrt())
+        return err if math.isfinite(err) else math.inf
+
+    starts = {name: make_sigmas(name, steps, lo, hi)[:-1] for name in START_SCHEDULES}
+    if steps >= 2:
+        starts["dp"] = dp_grid(ref, steps)
+    start_values = {name: objective(levels) for name, levels in starts.items()}
+    start = min(start_values, key=start_values.__getitem__)
+    best_levels, best = starts[start], start_values[start]
+    if steps >= 3 and max_evals > len(starts):
+        result = minimize(lambda z: objective(_levels(z, lo, hi)), _logits(best_levels), method="Nelder-Mead",
+                          options={"maxfev": max_evals - len(starts), "xatol": 1e-3, "fatol": 1e-6})
+        if result.fun < best:
+            best_levels, best = _levels(result.x, lo, hi), float(result.fun)
+    sigmas = torch.cat([best_levels, best_levels.new_zeros(1)])
+    return TunedSchedule(sigmas, best, start, start_values, evaluations)
+
+
+def tune_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, **options: object) -> Tensor:
+    """The grid of ``fit_schedule`` (descending noise levels ending in 0), as ``sample(..., sigmas=grid)`` takes it."""
+    return fit_schedule(model, sampler=sampler, nfe=nfe, noise=noise, **options).sigmas
+
+
+def model_digest(model: Callable) -> str | None:
+    """sha256 of a ``ProcessModel``'s network weights (None for a bare callable): which model a schedule fits."""
+    from ..fastpath import SamplingNet
+    from ..models import ProcessModel
+
+    if not isinstance(model, ProcessModel):
+        return None
+    net = model.net.net if isinstance(model.net, SamplingNet) else model.net  # the same weights on the fast path
+    h = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_schedule(path: str | Path, tuned: TunedSchedule, protocol: dict) -> None:
+    """The grid and its protocol (model digest, sampler, NFE, tuning seeds, objective, value) as a small JSON."""
+    atomic_write_json(Path(path), {"sigmas": tuned.sigmas.tolist(), "value": tuned.value, "start": tuned.start,
+                                   "start_values": tuned.start_values, "evaluations": tuned.evaluations,
+                                   "protocol": protocol})
+
+
+def load_schedule(path: str | Path, sampler: str, nfe: int, model: Callable | None = None) -> Tensor:
+    """The grid of a saved schedule, after checking it was tuned for ``sampler`` at ``nfe`` (and warning when it was
+    tuned on another model)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+        sigmas, protocol = obj["sigmas"], obj["protocol"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--schedule {path}: not a schedule file written by `fastdiffusion tune` ({e})") from None
+    if (protocol.get("sampler"), protocol.get("nfe")) != (sampler, nfe):
+        raise UserError(f"--schedule {path}: tuned for {protocol.get('sampler')} at NFE {protocol.get('nfe')}, not "
+                        f"{sampler} at NFE {nfe}; pass --sampler {protocol.get('sampler')} --nfe {protocol.get('nfe')}")
+    digest = model_digest(model) if model is not None else None
+    if digest is not None and protocol.get("model_sha256") not in (None, digest):
+        print(f"warning: --schedule {path} was tuned on another model (weights sha256 "
+              f"{str(protocol.get('model_sha256'))[:12]}…)", file=sys.stderr)
+    return torch.tensor(sigmas, dtype=torch.float64)
+
+
+def schedule_options(schedule: str | None, sampler: str, nfe: int, model: Callable | None = None) -> dict:
+    """``sample`` keywords for ``--schedule``: ``{'schedule': NAME}`` for a schedule name (or None: the sampler's),
+    ``{'sigmas': grid}`` for a file written by ``fastdiffusion tune``."""
+    from .schedules import SCHEDULES
+
+    if schedule is None or schedule in SCHEDULES:
+        return {"schedule": schedule}
+    if not Path(schedule).is_file():
+        raise UserError(f"--schedule {schedule}: neither a schedule ({', '.join(SCHEDULES)}) nor a schedule file "
+                        f"from `fastdiffusion tune`")
+    return {"sigmas": load_schedule(schedule, sampler, nfe, model)}

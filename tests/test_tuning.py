@@ -1,0 +1,169 @@
+"""Per-model schedule tuning against exact-score Gaussian mixtures: the grid, its NFE, its objective and fresh noise."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import fastdiffusion as fd
+from fastdiffusion.bench.edm_exact import MixtureDenoiser
+from fastdiffusion.data.gmm import GaussianMixture
+from fastdiffusion.errors import UserError
+from fastdiffusion.samplers import make_sigmas
+from fastdiffusion.samplers.counted import CountedModel
+from fastdiffusion.samplers.tuning import (
+    Reference,
+    dp_grid,
+    fit_schedule,
+    load_schedule,
+    reference_solve,
+    save_schedule,
+)
+
+MIX = GaussianMixture.random(16, 8, seed=5, component_std=0.3)
+DENOISE = MixtureDenoiser(MIX)
+
+
+def noise(seed: int, n: int) -> torch.Tensor:
+    return torch.randn(n, MIX.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def tuning():
+    z = noise(1, 128)
+    return z, reference_solve(DENOISE, z)
+
+
+def endpoint_rms(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x - ref).square().mean().sqrt())
+
+
+@pytest.mark.parametrize(("sampler", "nfe"), [("ipndm", 5), ("euler", 5), ("dpmpp-2m", 4), ("heun", 7)])
+def test_tuned_grid_is_a_valid_grid_with_exactly_nfe_calls(tuning, sampler, nfe):
+    z, ref = tuning
+    tuned = fit_schedule(DENOISE, sampler=sampler, nfe=nfe, noise=z, reference=ref, max_evals=30)
+    s = tuned.sigmas
+    assert s[-1] == 0 and bool((s[:-1] > s[1:]).all())
+    assert float(s[0]) == 80.0 and float(s[-2]) == pytest.approx(0.002)
+    counted = CountedModel(DENOISE)
+    fd.sample(counted, z, sampler=sampler, nfe=nfe, sigmas=s)
+    assert counted.calls == nfe
+
+
+@pytest.mark.parametrize(("sampler", "nfe"), [("ipndm", 5), ("euler", 6)])
+def test_tuning_lowers_its_objective_and_the_error_on_fresh_noise(tuning, sampler, nfe):
+    z, ref = tuning
+    tuned = fit_schedule(DENOISE, sampler=sampler, nfe=nfe, noise=z, reference=ref, max_evals=150)
+    assert tuned.value <= min(tuned.start_values.values())
+    again = fd.sample(DENOISE, z, sampler=sampler, nfe=nfe, sigmas=tuned.sigmas)
+    assert endpoint_rms(again, ref.endpoint) == pytest.approx(tuned.value, rel=1e-9)
+    fresh = noise(2, 256)
+    exact = reference_solve(DENOISE, fresh).endpoint
+    errors = {name: endpoint_rms(fd.sample(DENOISE, fresh, sampler=sampler, nfe=nfe, schedule=name), exact)
+              for name in ("karras", "logsnr")}
+    tuned_error = endpoint_rms(fd.sample(DENOISE, fresh, sampler=sampler, nfe=nfe, sigmas=tuned.sigmas), exact)
+    assert tuned_error < 0.9 * min(errors.values()), (tuned_error, errors)
+
+
+def test_reference_solve_is_the_pf_ode_endpoint():
+    z = noise(3, 64)
+    ref = reference_solve(DENOISE, z)
+    fine = fd.sample(DENOISE, z, sampler="heun", nfe=511)
+    assert endpoint_rms(ref.endpoint, fine) < 3e-3 * float(fine.square().mean().sqrt())  # few-step errors: 0.1-0.5
+    assert len(ref.sigmas) == len(ref.x) == len(ref.denoised) == 64
+    assert torch.equal(ref.x[0], z.float() * 80.0)
+
+
+def test_dp_grid_is_the_least_cost_path():
+    """The DP against brute force over every choice of interior levels on a small random trajectory."""
+    gen = torch.Generator().manual_seed(0)
+    sig = torch.tensor([8.0, 5.0, 3.0, 2.0, 1.2, 0.7, 0.3], dtype=torch.float64)
+    xs = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in sig]
+    ds = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in sig]
+    ref = Reference(sig, xs, ds, xs[-1])
+
+    def cost(i, j):
+        step = xs[i] + (sig[j] - sig[i]) * (xs[i] - ds[i]) / sig[i]
+        return float((step - xs[j]).float().square().mean().sqrt())
+
+    for n in (2, 3, 4, 5):
+        best = min(itertools.combinations(range(1, 6), n - 2),
+                   key=lambda mid: sum(cost(a, b) for a, b in itertools.pairwise((0, *mid, 6))))
+        assert dp_grid(ref, n).tolist() == [float(sig[i]) for i in (0, *best, 6)]
+
+
+def test_sample_checks_a_given_grid():
+    z = noise(4, 8)
+    grid = make_sigmas("karras", 5, 0.002, 80.0)
+    with pytest.raises(UserError, match="takes 5 noise levels"):
+        fd.sample(DENOISE, z, sampler="euler", nfe=4, sigmas=grid)
+    with pytest.raises(UserError, match="decrease strictly and end in 0"):
+        fd.sample(DENOISE, z, sampler="euler", nfe=5, sigmas=grid.flip(0))
+    assert torch.equal(fd.sample(DENOISE, z, sampler="euler", nfe=5, sigmas=grid),
+                       fd.sample(DENOISE, z, sampler="euler", nfe=5, schedule="karras"))
+
+
+def test_schedule_file_round_trip_and_checks(tuning, tmp_path, capsys):
+    z, ref = tuning
+    tuned = fit_schedule(DENOISE, sampler="ipndm", nfe=5, noise=z, reference=ref, max_evals=10)
+    path = tmp_path / "s.json"
+    save_schedule(path, tuned, {"sampler": "ipndm", "nfe": 5, "model_sha256": "0" * 64})
+    assert torch.equal(load_schedule(path, "ipndm", 5), tuned.sigmas)
+    assert json.loads(path.read_text())["value"] == tuned.value
+    with pytest.raises(UserError, match="tuned for ipndm at NFE 5"):
+        load_schedule(path, "dpmpp-2m", 5)
+    path.write_text("{}")
+    with pytest.raises(UserError, match="not a schedule file"):
+        load_schedule(path, "ipndm", 5)
+
+
+def test_tuning_refuses_what_it_cannot_tune(tuning):
+    z, _ = tuning
+    with pytest.raises(UserError, match="stochastic"):
+        fit_schedule(DENOISE, sampler="heun", nfe=5, noise=z, churn=10.0)
+    with pytest.raises(UserError, match="EDM-family"):
+        fit_schedule(DENOISE, sampler="sscs", nfe=5, noise=z)
+
+
+def test_logits_round_trip():
+    from fastdiffusion.samplers.tuning import _levels, _logits
+
+    levels = make_sigmas("karras", 7, 0.002, 80.0)[:-1]
+    np.testing.assert_allclose(_levels(_logits(levels), 0.002, 80.0).numpy(), levels.numpy(), rtol=1e-9)
+
+
+def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path):
+    """`fastdiffusion tune` on a tiny model; its file drives `sample`, `eval` and `distill trajectories`."""
+    from fastdiffusion.cli import main
+    from fastdiffusion.models import build_model, save_model
+    from fastdiffusion.nets import net_config
+
+    torch.manual_seed(0)
+    model = build_model({"process": fd.make_process("edm").config(), "data_shape": [1, 8, 8],
+                         "net": net_config("ddpmpp-tiny", img_resolution=8, in_channels=1)})
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    sched = tmp_path / "s.json"
+    assert main(["tune", str(path), "--sampler", "ipndm", "--nfe", "4", "--seeds", "0-7", "--max-evals", "8",
+                 "--out", str(sched)]) == 0
+    saved = json.loads(sched.read_text())
+    assert saved["protocol"]["sampler"] == "ipndm" and saved["protocol"]["nfe"] == 4
+    grid = torch.tensor(saved["sigmas"], dtype=torch.float64)
+    assert main(["sample", str(path), "--sampler", "ipndm", "--nfe", "4", "--schedule", str(sched), "--seeds", "0-3",
+                 "--out", str(tmp_path / "x.npz")]) == 0
+    want = fd.generate(fd.load_model(path), [0, 1, 2, 3], sampler="ipndm", nfe=4, sigmas=grid, progress=False)
+    got = np.load(tmp_path / "x.npz")["samples"]
+    np.testing.assert_array_equal(got, ((want.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                                  .permute(0, 2, 3, 1).numpy())
+    assert main(["sample", str(path), "--sampler", "euler", "--nfe", "4", "--schedule", str(sched),
+                 "--out", str(tmp_path / "y.npz")]) == 2
+    assert main(["eval", str(path), "--sampler", "ipndm", "--nfe", "4", "--schedule", str(sched), "--n", "16",
+                 "--metrics", "fd-digits", "--out", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["results"]["fd-digits"]["protocol"]["schedule"] == str(sched)
+    assert main(["distill", "trajectories", str(path), "--sampler", "ipndm", "--nfe", "4", "--schedule", str(sched),
+                 "--seeds", "0-3", "--times", "2", "--out", str(tmp_path / "traj")]) == 0
+    manifest = json.loads((tmp_path / "traj" / "manifest.json").read_text())
+    assert manifest["sigma_grid"] == saved["sigmas"]
