@@ -69,15 +69,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple
             parser.add_argument(flag, dest=f.name, type=_scalar_type(tp), default=None, help=text)
 
 
-def config_overrides(args: argparse.Namespace, cls: type, base: object | None = None) -> dict:
-    """The fields the command line set, typed for ``cls``; ``*_options`` pairs are merged into ``base``'s dicts."""
+def config_overrides(args: argparse.Namespace, cls: type) -> dict:
+    """The fields the command line set, typed for ``cls``; ``*_options`` flags as the dict of their KEY=VALUE pairs."""
     out = {}
     for f in dataclasses.fields(cls):
         value = getattr(args, f.name, None)
         if value is None:
             continue
         if f.name.endswith("_options"):
-            value = {**(getattr(base, f.name) if base is not None else {}), **parse_kv(value, "--" + f.name[:-4])}
+            value = parse_kv(value, "--" + f.name[:-4])
         elif isinstance(value, list):
             value = tuple(value)
         out[f.name] = value

@@ -264,15 +264,17 @@ def test_edm_loss_settings_and_fp16_snapshots(tmp_path):
     assert (fp32.process.P_mean, fp32.process.P_std) == (-1.2, 1.2)  # no loss record: EDM's defaults
 
 
-def test_loading_a_cifar10_size_snapshot_is_fast(tmp_path):
+def test_a_cifar10_size_snapshot_loads_every_weight(tmp_path):
+    """EDM's CIFAR-10 DDPM++ (55.7M parameters): every converted weight equals its snapshot tensor (load time is
+    measured by benchmarks/importers/gpu.py, not asserted)."""
     cfg = dict(img_resolution=32, in_channels=3, out_channels=3, model_channels=128, channel_mult=[2, 2, 2],
                num_blocks=4, attn_resolutions=[16], dropout=0.13, augment_dim=9)
     path, layout, tensors, _ = _variant(tmp_path, "SongUNet", cfg, "VPPrecond")
-    t0 = time.perf_counter()
     model = fd.load_model(path)
-    elapsed = time.perf_counter() - t0
     assert 55.5e6 < sum(p.numel() for p in model.net.parameters()) < 56e6
-    assert elapsed < 5.0, f"loading a 56M-parameter snapshot took {elapsed:.1f} s"
+    ours = sorted(float(p.double().sum()) for p in model.net.parameters())
+    theirs = sorted(float(v.double().sum()) for k, v in tensors.items() if "resample_filter" not in k)
+    assert len(ours) == len(theirs) and np.allclose(ours, theirs, rtol=1e-9, atol=1e-9)
 
 
 # -- refused input and the restricted unpickler ------------------------------------------------------------------------

@@ -358,6 +358,7 @@ def test_conditional_run_records_its_classes_and_draws_one_class_per_seed(tmp_pa
     ({"process_options": {"multiplier": "abc"}}, ["multiplier=abc", "number"]),
     ({"logger": "wandb"}, ["--logger", "tensorboard"]),
     ({"data_split": "val"}, ["--data-split", "train"]),
+    ({"device": "banana"}, ["--device banana", "cpu"]),
 ])
 def test_conditioning_and_config_errors_are_one_line(tmp_path, kw, needles):
     with pytest.raises(UserError) as info:
@@ -377,76 +378,84 @@ def test_unlabelled_folder_with_cond_is_one_line_at_the_cli(tmp_path, capsys):
     assert len(err) == 1 and "no class labels" in err[0] and "fastdiffusion dataset" in err[0]
 
 
-def cli(*argv) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fastdiffusion.cli", *argv], capture_output=True, text=True,
-                          timeout=300, env=env)
+@pytest.fixture
+def cli(capsys):
+    """``cli(*argv)``: run the command in this process; (exit code, stdout, stderr)."""
+    from fastdiffusion.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
 
 
-def test_resume_with_steps_continues_the_saved_configuration(tmp_path):
+def test_resume_with_steps_continues_the_saved_configuration(tmp_path, cli):
     """The README's own example: `train --run-dir R --resume --steps N` keeps every other saved setting (config.json
     is not rewritten from the defaults), and a changed data set is still refused."""
     run = tmp_path / "run"
     first = ["--data", str(digits_zip(tmp_path)), "--net", "ddpmpp-tiny", "--net-opt", "dropout=0.0", "--batch", "8",
              "--steps", "2", "--lr", "3e-3", "--lr-warmup", "1", "--ema-halflife-kimg", "0.02", "--ckpt-every", "2",
              "--log-every", "1", "--grid-images", "2", "--grid-nfe", "1", "--process", "edm", "--process-opt",
-             "P_mean=-1.0", "--cond", "--label-dropout", "0.2", "--seed", "7", "--quiet"]
-    assert cli("train", "--run-dir", str(run), *first).returncode == 0
+             "P_mean=-1.0", "--cond", "--label-dropout", "0.2", "--seed", "7", "--loader-workers", "0", "--quiet"]
+    assert cli("train", "--run-dir", str(run), *first)[0] == 0
     saved = json.loads((run / "config.json").read_text())
-    proc = cli("train", "--run-dir", str(run), "--resume", "--steps", "3", "--log-every", "2", "--quiet")
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = cli("train", "--run-dir", str(run), "--resume", "--steps", "3", "--log-every", "2", "--quiet")
+    assert code == 0, err
     now = json.loads((run / "config.json").read_text())
     assert now == {**saved, "steps": 3, "log_every": 2}
     state = json.loads((run / "ckpt-00000003" / "state.json").read_text())
     assert state["step"] == 3 and state["config"] == now
-    dry = cli("train", "--run-dir", str(run), "--resume", "--steps", "9", "--process-opt", "P_std=1.1", "--dry-run")
-    assert json.loads(dry.stdout)["process_options"] == {"P_mean": -1.0, "P_std": 1.1}
-    refused = cli("train", "--run-dir", str(run), "--resume", "--data", "digits", "--steps", "4")
-    lines = refused.stderr.strip().splitlines()
-    assert refused.returncode == 2 and len(lines) == 1 and "data=" in lines[0]
+    code, out, _ = cli("train", "--run-dir", str(run), "--resume", "--steps", "9", "--process-opt", "P_std=1.1",
+                       "--dry-run")
+    assert code == 0 and json.loads(out)["process_options"] == {"P_mean": -1.0, "P_std": 1.1}
+    code, _, err = cli("train", "--run-dir", str(run), "--resume", "--data", "digits", "--steps", "4")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "data=" in lines[0]
 
 
-def test_resume_without_a_run_and_with_config_are_one_line(tmp_path):
+def test_resume_without_a_run_and_with_config_are_one_line(tmp_path, cli):
     for argv, needle in ((["--run-dir", str(tmp_path / "none"), "--resume"], "does not exist"),
                          (["--run-dir", str(tmp_path), "--resume"], "holds no run"),
                          (["--resume", "--config", str(tmp_path / "c.json")], "drop --config")):
-        proc = cli("train", *argv, "--quiet")
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+        code, _, err = cli("train", *argv, "--quiet")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and needle in lines[0], err
     assert not (tmp_path / "none").exists()
     with pytest.raises(UserError, match="does not exist"):
         train(tiny(tmp_path / "none"), resume=True, quiet=True)
 
 
-def test_presets_state_their_data_steps_warmup_and_run_dir(tmp_path):
+def test_presets_state_their_data_steps_warmup_and_run_dir(tmp_path, cli):
     from fastdiffusion.training.config import PRESETS
 
     for name, p in PRESETS.items():
         assert {"run_dir", "steps", "lr_warmup"} <= set(p.config) and p.about, name
         assert ("data" in p.config) != (p.needs_data is not None), name
-    dry = cli("train", "--preset", "demo", "--dry-run")
-    cfg = json.loads(dry.stdout)
-    assert dry.returncode == 0 and cfg["data"] == "digits16" and cfg["data_split"] == "train"
+    code, out, _ = cli("train", "--preset", "demo", "--dry-run")
+    cfg = json.loads(out)
+    assert code == 0 and cfg["data"] == "digits16" and cfg["data_split"] == "train"
     assert (cfg["steps"], cfg["lr_warmup"], cfg["run_dir"]) == (1200, 100, "runs/demo")
-    proc = cli("train", "--preset", "edm-cifar10", "--quiet")
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "fastdiffusion dataset" in lines[0] and "--data" in lines[0]
-    dry = cli("train", "--preset", "fdm-edm-cifar10", "--data", "c.zip", "--dry-run")
-    cfg = json.loads(dry.stdout)
+    code, _, err = cli("train", "--preset", "edm-cifar10", "--quiet")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "fastdiffusion dataset" in lines[0] and "--data" in lines[0]
+    code, out, _ = cli("train", "--preset", "fdm-edm-cifar10", "--data", "c.zip", "--dry-run")
+    cfg = json.loads(out)
     assert (cfg["data"], cfg["steps"], cfg["lr_warmup"], cfg["batch"]) == ("c.zip", 390625, 19531, 512)
     assert cfg["process_options"] == {"multiplier": 2.0, "warmup_ite": 200} and cfg["run_dir"] == "runs/fdm-edm-cifar10"
 
 
-def test_startup_line_warmup_warning_and_grids_per_checkpoint(tmp_path):
+def test_startup_line_warmup_warning_and_grids_per_checkpoint(tmp_path, cli):
     run = tmp_path / "r"
-    proc = cli("train", "--run-dir", str(run), "--data", "digits", "--data-split", "train", "--batch", "8", "--steps",
-               "4", "--ckpt-every", "2", "--grid-images", "2", "--grid-nfe", "1")
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("train:"))
+    code, out, err = cli("train", "--run-dir", str(run), "--data", "digits", "--data-split", "train", "--batch", "8",
+                         "--steps", "4", "--ckpt-every", "2", "--grid-images", "2", "--grid-nfe", "1")
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("train:"))
     params = sum(v.numel() for v in weights(run / "ckpt-00000004").values())
     assert str(run) in line and f"{params / 1e6:.2f}M parameters" in line
     assert "1,437 images 1x8x8 (0.1 MB uint8, in memory; 10 classes)" in line
-    assert "warning: --steps 4 < --lr-warmup 100" in proc.stderr
+    assert "warning: --steps 4 < --lr-warmup 100" in err
     grids = sorted(p.name for p in run.glob("samples*.png"))
     assert grids == ["samples-00000002.png", "samples-00000004.png", "samples.png"]
     assert (run / "samples.png").read_bytes() == (run / "samples-00000004.png").read_bytes()

@@ -50,6 +50,7 @@ from ..checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
+from ..cli_args import check_device
 from ..errors import UserError
 from ..fastpath import FastPath
 from ..models import OneStepGenerator, load_model, model_meta, resolve_model_file
@@ -123,6 +124,7 @@ class DistillConfig:
         if self.modes < 0 or self.times < 0:
             raise UserError("--modes and --times must be >= 0")
         check_logger(self.logger)
+        check_device(self.device)
 
 
 # Settings a resumed run must share with the checkpoint it continues.

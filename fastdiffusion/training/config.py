@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import check_device
 from ..data import BUNDLED
 from ..data.images import SPLITS
 from ..errors import UserError
@@ -80,7 +81,8 @@ class TrainConfig:
     lr_warmup: int = setting(100, "steps of linear learning-rate warm-up")
     adam_betas: tuple[float, float] = setting((0.9, 0.999), "Adam's beta1 beta2")
     ema_halflife_kimg: float = setting(500.0, "EMA half-life in thousands of training images")
-    ema_rampup: float | None = setting(0.05, "EMA half-life at most this fraction of the images seen (None: no ramp-up)")
+    ema_rampup: float | None = setting(0.05, "EMA half-life at most this fraction of the images seen (None: no "
+                                       "ramp-up)")
     grad_clip: float | None = setting(None, "clip the global gradient norm to this value (default: off)")
     fault_limit: int = setting(5, "non-finite steps in a row (they are skipped) that trigger --on-faults")
     on_faults: str = setting("rollback", "rollback (to the newest checkpoint with half the learning rate) | abort")
@@ -141,6 +143,7 @@ class TrainConfig:
         if self.loader_workers is not None and self.loader_workers < 0:
             raise UserError(f"--loader-workers must be >= 0, got {self.loader_workers}")
         check_logger(self.logger)
+        check_device(self.device)
         self._validate_labels()
         _check_process_options(self.process, self.process_options)
 
@@ -225,11 +228,15 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return replace(cfg, **merged)
 
 
-def preset(name: str, **overrides: Any) -> TrainConfig:
-    """The preset's configuration with ``overrides``; a preset that needs user data refuses to start without it."""
+def _named(name: str) -> Preset:
     if name not in PRESETS:
         raise UserError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")
-    p = PRESETS[name]
+    return PRESETS[name]
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The preset's configuration with ``overrides``; a preset that needs user data refuses to start without it."""
+    p = _named(name)
     if p.needs_data and "data" not in overrides:
         hint = f"{name.split('-')[-1]}.zip"
         raise UserError(f"preset '{name}' trains on {p.needs_data}, which is not bundled: make a zip with "
@@ -245,10 +252,8 @@ def resolve_config(*, preset_name: str | None, config_path: Path | None, overrid
         if config_path is not None:
             raise UserError("--resume continues the run's own config.json; drop --config (flags given with --resume "
                             "change only what they name)")
-        if preset_name is not None and preset_name not in PRESETS:
-            preset(preset_name)  # the unknown-preset error
-        run_dir = overrides.get("run_dir") or (PRESETS[preset_name].config["run_dir"] if preset_name
-                                               else TrainConfig.run_dir)
+        default_dir = _named(preset_name).config["run_dir"] if preset_name else TrainConfig.run_dir
+        run_dir = overrides.get("run_dir") or default_dir
         return with_overrides(saved_config(run_dir), overrides)
     if config_path is not None:
         try:

@@ -96,7 +96,7 @@ def draw_batch(fetched: Fetched, cfg: TrainConfig, process: Process, gen: torch.
     labels = None
     if label_dim:
         keep = torch.rand(cfg.batch, generator=gen, device=gen.device)[rows] >= cfg.label_dropout
-        labels = F.one_hot(fetched.labels.to(gen.device), label_dim).float() * keep[:, None]
+        labels = F.one_hot(fetched.labels.to(gen.device, non_blocking=True), label_dim).float() * keep[:, None]
     return Batch(x0, sigma, noise, labels)
 
 
