@@ -65,7 +65,8 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, r
     rng, kills, launches = random.Random(0), 0, 0
     while launches < 40:
         launches += 1
-        proc = subprocess.Popen([*cmd, "--resume"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        resume = ["--resume"] if run.exists() else []  # the first launch starts the run
+        proc = subprocess.Popen([*cmd, *resume], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         # Kill only after this launch has written a checkpoint of its own, at a random moment of the steps and
         # checkpoint writes that follow (with --ckpt-every 1 most of a step's time is the write).
         deadline = time.time() + 120

@@ -57,6 +57,7 @@ from fastdiffusion.bench.provenance import provenance
 from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.data import Dataset
 from fastdiffusion.data.gmm import GaussianMixture
+from fastdiffusion.data.samples import ArraySamples
 from fastdiffusion.metrics.sliced import sliced_wasserstein
 from fastdiffusion.plots import figure, save_figure
 from fastdiffusion.processes import make_process
@@ -339,7 +340,7 @@ def main() -> None:
 
     mix, recipe = make_mixture(args.data)
     x_train = mix.sample(args.train_points, torch.Generator().manual_seed(SEED_TRAIN_DATA), dtype=torch.float32)
-    data = Dataset(x=x_train, kind="points", name=f"toy-{args.data}", gmm=mix)
+    data = Dataset(ArraySamples(x_train.numpy()), "points", f"toy-{args.data}", (x_train.shape[1],), gmm=mix)
     eig = torch.linalg.eigvalsh(covariance(mix)).tolist()
     x0 = mix.sample(args.n_eval, torch.Generator().manual_seed(SEED_EVAL))
     eval_noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(SEED_EVAL + 1000), dtype=torch.float64)
