@@ -10,6 +10,7 @@ import fastdiffusion as fd
 from fastdiffusion.bench.edm_exact import MixtureDenoiser, exact_endpoint
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.processes.edm import EDM_PF_ODE
+from fastdiffusion.processes.psld import apply_block
 from fastdiffusion.samplers import classic, conjugate, make_sigmas, multistep
 from fastdiffusion.samplers.counted import CountedModel
 
@@ -86,11 +87,11 @@ def test_b_zero_is_the_exact_step_for_frozen_output():
     ts = [1.0, 0.55, 0.2]
     coef = conjugate.phi_coefficients(ode, ts, 0.0)
     z0, y = np.array([0.4, -1.3]), np.array([0.8, 0.25])
-    z = [torch.tensor(z0[0]), torch.tensor(z0[1])]
+    z = torch.tensor(z0).reshape(1, 2)  # one (x, m) pair: PSLD's layout
     for i in range(len(ts) - 1):
-        z = conjugate.conjugate_step(coef, i, z, [torch.tensor(y[0]), torch.tensor(y[1])])
+        z = conjugate.conjugate_step(coef, i, z, torch.tensor(y).reshape(1, 2), apply=apply_block)
     sol = solve_ivp(lambda t, v: fbar @ v + gain @ y, (ts[0], ts[-1]), z0, method="DOP853", rtol=1e-12, atol=1e-14)
-    assert np.allclose([float(v) for v in z], sol.y[:, -1], rtol=1e-9, atol=1e-12)
+    assert np.allclose(z.reshape(-1).numpy(), sol.y[:, -1], rtol=1e-9, atol=1e-12)
 
 
 def test_time_varying_b_and_cache():

@@ -30,7 +30,8 @@ __all__ = ["add_parser", "cmd_eval", "main"]
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `eval` to the main CLI's sub-commands; the parser's default `func` is `cmd_eval`."""
     from ..samplers import SAMPLERS
-    from .evaluate import DEFAULT_N, METRICS
+    from .evaluate import METRICS
+    from .sources import DEFAULT_N
 
     p = subparsers.add_parser(
         "eval", help="quality metrics (FD-digits, PRDC, memorisation, FID, sliced W2, GMM NLL) with protocols",

@@ -33,39 +33,26 @@ memorization for other images; sliced (+ gmm-nll for mixtures) for points.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..seeds import format_seeds
+from .sources import Samples, load_source
 
-__all__ = ["DEFAULT_N", "METRICS", "Reference", "evaluate", "parse_reference"]
+__all__ = ["METRICS", "Reference", "evaluate", "parse_reference"]
 
 METRICS = ("fd-digits", "kid-digits", "class-accuracy", "prdc", "memorization", "fid", "kid", "sliced", "gmm-nll")
-DEFAULT_N = 1000
 SLICED_PROJECTIONS = 256
 POINTS_REFERENCE = 20_000  # points drawn for a generated (toy / mixture) reference set, as in training
 _DIGITS = ("digits", "digits16", "digits32")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-
-
-@dataclass
-class _Samples:
-    x: Tensor
-    kind: str  # 'image' | 'points'
-    protocol: dict
-    training: dict | None = None  # the run's {'data', 'data_split'} when its config.json records them
-    from_model: bool = False
-    classes: Tensor | None = None  # (N,) the class each sample was generated for
 
 
 @dataclass
@@ -145,134 +132,10 @@ def _bundled(spec: str) -> bool:
     return spec.strip().lower() in BUNDLED
 
 
-def _run_training(p: Path) -> dict | None:
-    """{'data', 'data_split'} of the training config.json in or above a run / checkpoint directory or model file (a
-    config without data_split predates it: those runs trained on all of the data)."""
-    for d in [p, *p.parents][:3]:
-        cfg = d / "config.json"
-        if d.is_dir() and cfg.is_file():
-            try:
-                config = json.loads(cfg.read_text())
-                return {"data": str(config["data"]), "data_split": str(config.get("data_split", "all"))}
-            except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
-                return None
-    return None
-
-
-def _read_samples_file(p: Path) -> tuple[Tensor, str, list[int] | None]:
-    """Samples from an .npz/.npy, image folder or .zip as float32 ([−1, 1] images or points), plus stored seeds."""
-    from ..data import load_dataset
-    from ..data.images import load_npz
-
-    seeds = None
-    if p.suffix.lower() == ".npz" and p.is_file():
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                files = list(z.files)
-                arr = z["samples"] if "samples" in files else None
-                seeds = [int(s) for s in z["seeds"]] if "seeds" in files else None
-        except Exception as err:
-            raise UserError(f"{p}: cannot read as .npz ({type(err).__name__}: {err})") from None
-        if arr is not None and arr.ndim == 2:
-            if not np.issubdtype(arr.dtype, np.floating) or not np.isfinite(arr).all():
-                raise UserError(f"{p}: point samples must be finite floats, got {arr.dtype}")
-            return torch.from_numpy(arr.astype(np.float32)), "points", seeds
-        if arr is not None:
-            u8 = np.require(load_npz(p, "samples"), requirements="W")  # a copy only if the file came memory-mapped
-            return torch.from_numpy(u8).float().div_(127.5).sub_(1.0), "image", seeds
-    ds = load_dataset(str(p))
-    return ds.x, ds.kind, seeds
-
-
-def _resolve_seeds(seeds: str | Sequence[int] | None, n: int | None) -> list[int]:
-    from ..seeds import parse_seeds
-
-    if seeds is None:
-        return list(range(n if n is not None else DEFAULT_N))
-    out = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
-    if n is not None:
-        if n > len(out):
-            raise UserError(f"--n {n} but --seeds names only {len(out)} seeds")
-        out = out[:n]
-    return out
-
-
-def _load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sampler: str | None, nfe: int | None,
-                 ema: bool, batch: int, device: torch.device, gen_options: dict, progress: bool, fast: dict,
-                 guidance: dict, schedule: str | None = None) -> _Samples:
-    """The samples to evaluate; a model is sampled with ``guidance`` = {'class_labels': ..., 'guidance': ...}."""
-    from ..checkpoint import sha256
-    from ..samplers.tuning import schedule_options
-    from ..sampling import resolve_sampler
-
-    if isinstance(obj, Tensor):
-        x = obj.detach().float().cpu()
-        kind = "image" if x.ndim == 4 else "points"
-        protocol = {"source": "in-memory samples", "sampler": None, "nfe": None, "weights": None,
-                    "seeds": seeds if isinstance(seeds, str) or seeds is None else format_seeds(seeds)}
-        return _Samples(_take(x, n, "samples"), kind, protocol)
-    if isinstance(obj, (str, Path)):
-        p = Path(obj).expanduser()
-        if not p.exists():
-            raise UserError(f"{p}: no such model, run directory, sample file or image folder")
-        from ..models import is_model_path
-
-        if not is_model_path(p):
-            if guidance["class_labels"] is not None or guidance["guidance"] is not None:
-                raise UserError(f"{p}: --class and --guidance apply when eval samples a model; this is a sample set")
-            x, kind, file_seeds = _read_samples_file(p)
-            x = _take(x, n, str(p))
-            protocol = {"source": str(p), "source_sha256": sha256(p) if p.is_file() else None, "sampler": None,
-                        "nfe": None, "weights": None,
-                        "seeds": format_seeds(file_seeds[: len(x)]) if file_seeds else None}
-            return _Samples(x, kind, protocol)
-        from ..fastpath import accelerate
-        from ..models import load_model, resolve_model_file
-
-        file = resolve_model_file(p, ema)
-        model = load_model(p, ema=ema, device=device)
-        sampler, nfe = resolve_sampler(model, sampler, nfe)
-        schedule_kw = schedule_options(schedule, sampler, nfe, model)  # before accelerate: the weights digest
-        model = accelerate(model, device, **fast)
-        source = {"source": str(p), "model_file": str(file), "model_sha256": sha256(file),
-                  "weights": "ema" if ema else "raw"}
-        training = _run_training(p)
-    else:
-        model, training = obj, None
-        sampler, nfe = resolve_sampler(model, sampler, nfe)
-        schedule_kw = schedule_options(schedule, sampler, nfe, model)
-        source = {"source": f"in-memory {type(obj).__name__}", "weights": "ema" if ema else "raw"}
-    from ..fastpath import fast_path_of
-    from ..guidance import classes_for_seeds, guidance_protocol, model_label_dim
-    from ..sampling import generate
-
-    source["fast_path"] = fast_path_of(model)
-    seed_list = _resolve_seeds(seeds, n)
-    with torch.no_grad():
-        x = generate(model, seed_list, batch=batch, device=device, sampler=sampler, nfe=nfe, progress=progress,
-                     **guidance, **schedule_kw, **gen_options)
-    kind = "image" if x.ndim == 4 else "points"
-    protocol = {**source, "sampler": sampler, "nfe": nfe, "schedule": schedule, "seeds": format_seeds(seed_list),
-                **guidance_protocol(guidance["class_labels"], guidance["guidance"], nfe),
-                **({"sampler_options": gen_options} if gen_options else {})}
-    classes = classes_for_seeds(guidance["class_labels"], seed_list, model_label_dim(model))
-    if classes is not None and classes.ndim == 2:  # one-hot rows
-        classes = classes.argmax(1)
-    return _Samples(x.float().cpu(), kind, protocol, training, True, classes)
-
-
-def _take(x: Tensor, n: int | None, label: str) -> Tensor:
-    if n is None:
-        return x
-    if n > len(x):
-        raise UserError(f"{label}: holds {len(x)} samples, fewer than --n {n}")
-    return x[:n]
-
-
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def _digits_only(name: str, ref: Reference, s: _Samples) -> None:
+def _digits_only(name: str, ref: Reference, s: Samples) -> None:
     if s.kind != "image":
         raise UserError(f"{name} needs images, but the samples are points")
     if not ref.is_digits:
@@ -280,7 +143,7 @@ def _digits_only(name: str, ref: Reference, s: _Samples) -> None:
                         f"use --reference digits@test (or another split) or drop {name}")
 
 
-def _resolution(s: _Samples) -> int | None:
+def _resolution(s: Samples) -> int | None:
     if s.kind != "image":
         return None
     h, w = s.x.shape[2:]
@@ -289,7 +152,7 @@ def _resolution(s: _Samples) -> int | None:
     return int(h)
 
 
-def _check_shape(name: str, s: _Samples, ds: Any, label: str) -> Any:
+def _check_shape(name: str, s: Samples, ds: Any, label: str) -> Any:
     """The reference `Dataset` ds, after checking that its items have the samples' shape."""
     if tuple(ds.shape) != tuple(s.x.shape[1:]):
         raise UserError(f"{name}: samples have shape {tuple(s.x.shape[1:])}, the reference {label} has "
@@ -305,7 +168,7 @@ def _digits_protocol() -> dict:
             "feature_network_test_accuracy": info.get("test_accuracy")}
 
 
-def _sample_features(s: _Samples, ctx: dict) -> Tensor:
+def _sample_features(s: Samples, ctx: dict) -> Tensor:
     """The samples' digits-classifier features, computed once per evaluation."""
     if "digits_features" not in ctx:
         from .digits_classifier import digits_features
@@ -314,14 +177,14 @@ def _sample_features(s: _Samples, ctx: dict) -> Tensor:
     return ctx["digits_features"]
 
 
-def _digits_reference(s: _Samples, ref: Reference) -> Tensor:
+def _digits_reference(s: Samples, ref: Reference) -> Tensor:
     """Classifier features of the reference split at the samples' resolution (what `ref.label(res)` names)."""
     from .digits_classifier import digits_reference
 
     return digits_reference(ref.split, _resolution(s))
 
 
-def _metric_fd_digits(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _metric_fd_digits(s: Samples, ref: Reference, ctx: dict) -> dict:
     from .frechet import FeatureStats
 
     _digits_only("fd-digits", ref, s)
@@ -332,7 +195,7 @@ def _metric_fd_digits(s: _Samples, ref: Reference, ctx: dict) -> dict:
                                          "reference": ref.label(_resolution(s))}}
 
 
-def _metric_kid_digits(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _metric_kid_digits(s: Samples, ref: Reference, ctx: dict) -> dict:
     from .kid import kid
 
     _digits_only("kid-digits", ref, s)
@@ -343,7 +206,7 @@ def _metric_kid_digits(s: _Samples, ref: Reference, ctx: dict) -> dict:
                          **out}}
 
 
-def _metric_class_accuracy(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _metric_class_accuracy(s: Samples, ref: Reference, ctx: dict) -> dict:
     from .digits_classifier import classify_features
 
     _digits_only("class-accuracy", ref, s)
@@ -355,7 +218,7 @@ def _metric_class_accuracy(s: _Samples, ref: Reference, ctx: dict) -> dict:
                                                                   "reference": "the requested classes"}}
 
 
-def _metric_prdc(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _metric_prdc(s: Samples, ref: Reference, ctx: dict) -> dict:
     from .quality import prdc
 
     _digits_only("prdc", ref, s)
@@ -367,7 +230,7 @@ def _metric_prdc(s: _Samples, ref: Reference, ctx: dict) -> dict:
                                         "reference": ref.label(_resolution(s))}}
 
 
-def _metric_memorization(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _metric_memorization(s: Samples, ref: Reference, ctx: dict) -> dict:
     from .quality import memorization
 
     if ref.dataset is None:
@@ -396,7 +259,7 @@ def _metric_memorization(s: _Samples, ref: Reference, ctx: dict) -> dict:
     return {**out, "protocol": protocol}
 
 
-def _inception_features(s: _Samples, ref: Reference, ctx: dict) -> tuple[Tensor, Tensor | None, dict]:
+def _inception_features(s: Samples, ref: Reference, ctx: dict) -> tuple[Tensor, Tensor | None, dict]:
     """Inception features of the samples and of the reference images (None for a statistics file), and the
     network's info; extracted once per evaluation for fid and kid."""
     from .fid import image_features, load_inception
@@ -412,7 +275,7 @@ def _inception_features(s: _Samples, ref: Reference, ctx: dict) -> tuple[Tensor,
     return ctx["inception"]
 
 
-def _metric_fid(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _metric_fid(s: Samples, ref: Reference, ctx: dict) -> dict:
     from .fid import fid_from_stats
     from .frechet import FeatureStats, GaussianStats
 
@@ -435,7 +298,7 @@ def _metric_fid(s: _Samples, ref: Reference, ctx: dict) -> dict:
     return {"value": value, "protocol": {**out, "reference": ref.label(res), "n_generated": n_gen}}
 
 
-def _metric_kid(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _metric_kid(s: Samples, ref: Reference, ctx: dict) -> dict:
     from .kid import kid
 
     feats, ref_feats, info = _inception_features(s, ref, ctx)
@@ -444,7 +307,7 @@ def _metric_kid(s: _Samples, ref: Reference, ctx: dict) -> dict:
             "protocol": {**info, "n_reference": len(ref_feats), "reference": ref.label(_resolution(s)), **out}}
 
 
-def _metric_sliced(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _metric_sliced(s: Samples, ref: Reference, ctx: dict) -> dict:
     from .sliced import sliced_wasserstein
 
     res = _resolution(s)
@@ -464,7 +327,7 @@ def _metric_sliced(s: _Samples, ref: Reference, ctx: dict) -> dict:
                                 "n_projections": SLICED_PROJECTIONS, "projection_seed": 0}}
 
 
-def _metric_gmm(s: _Samples, ref: Reference, ctx: dict) -> dict:
+def _metric_gmm(s: Samples, ref: Reference, ctx: dict) -> dict:
     from .gmm import gmm_metrics
 
     ds = ref.load() if ref.dataset is not None else None
@@ -497,7 +360,7 @@ def _splits_overlap(a: str, b: str) -> bool:
     return a == b or "all" in (a, b)
 
 
-def _overlap_warnings(s: _Samples, ref: Reference, chosen: Sequence[str]) -> list[str]:
+def _overlap_warnings(s: Samples, ref: Reference, chosen: Sequence[str]) -> list[str]:
     """One line per way the reference overlaps the images the model trained on (the run's recorded data and split),
     or one saying that a model without its run's config.json cannot be checked."""
     if s.kind != "image" or ref.dataset is None:
@@ -521,7 +384,7 @@ def _overlap_warnings(s: _Samples, ref: Reference, chosen: Sequence[str]) -> lis
     return out
 
 
-def _default_metrics(s: _Samples, ref: Reference) -> list[str]:
+def _default_metrics(s: Samples, ref: Reference) -> list[str]:
     if s.kind == "image":
         if not ref.is_digits:
             return ["sliced", "memorization"]
@@ -590,7 +453,7 @@ def evaluate(
         raise UserError(f"--batch must be >= 1, got {batch}")
     chosen = _parse_metrics(metrics)
     d = distributed.setup(str(device))
-    s = _load_source(model_or_samples, n, seeds, sampler, nfe, ema, batch, d.device, dict(sampler_options or {}),
+    s = load_source(model_or_samples, n, seeds, sampler, nfe, ema, batch, d.device, dict(sampler_options or {}),
                      progress and d.is_main, dict(fast or {}), {"class_labels": class_labels, "guidance": guidance},
                      schedule)
     if len(s.x) < 4:

@@ -103,21 +103,13 @@ def phi_coefficients(ode: LinearPFODE, ts: Sequence[float], b: Matrix | TimeVary
     return _coefficients(ode, tuple(float(t) for t in ts), b, method)
 
 
-def apply_block(m: Tensor, z: Tensor | Sequence[Tensor]) -> Tensor | list[Tensor]:
-    """``(m ⊗ I) z`` for a (k, k) block ``m``: z is a tensor when k = 1, else a sequence of k tensors (block rows)."""
-    rows = m.tolist()
-    if isinstance(z, Tensor):
-        return rows[0][0] * z
-    return [sum(c * zc for c, zc in zip(row, z, strict=True)) for row in rows]
-
-
-def conjugate_step(coef: ConjugateCoefficients, i: int, z: Tensor | Sequence[Tensor], y: Tensor | Sequence[Tensor],
-                   apply: Callable = apply_block) -> Tensor | list[Tensor]:
-    """One conjugate Euler step ``z_{i+1} = P_i z_i + Q_i y_i`` (``apply(m, z)`` applies a block to a state)."""
-    pz, qy = apply(coef.P[i], z), apply(coef.Q[i], y)
-    if isinstance(pz, Tensor):
-        return pz + qy
-    return [a + b for a, b in zip(pz, qy, strict=True)]
+def conjugate_step(coef: ConjugateCoefficients, i: int, z: Tensor, y: Tensor,
+                   apply: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    """One conjugate Euler step ``z_{i+1} = P_i z_i + Q_i y_i``; ``apply(m, z)`` applies a (k, k) block to a state
+    (PSLD's ``apply_block``), by default the 1×1 blocks of the EDM family."""
+    if apply is None:
+        return float(coef.P[i][0, 0]) * z + float(coef.Q[i][0, 0]) * y
+    return apply(coef.P[i], z) + apply(coef.Q[i], y)
 
 
 # -- the EDM family in EDM time t = sigma, noise prediction ---------------------------------------------------------
