@@ -118,7 +118,7 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE" + (f" ({evals}x network evaluations)" if evals > 1 else ""),
                disable=not progress, leave=False)
     process = model_process(model, process)
-    den = CountedModel(guided, process, None, bar)
+    den = CountedModel(guided, process, bar)
     x = process.prior(noise.float(), sigmas[0], noise_fn or torch.randn_like)
     x = run_counted(spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback, **hyper)
     bar.close()

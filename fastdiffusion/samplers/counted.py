@@ -13,12 +13,11 @@ from .registry import Callback, Noise, SamplerSpec
 
 
 class CountedModel:
-    """``model(x, sigma[, class_labels])`` with sigma passed per row in x's dtype (the EDM / k-diffusion convention),
-    the output cast to x's dtype, and every call counted. ``process`` is what PSLD samplers ask for coefficients."""
+    """``model(x, sigma)`` with sigma passed per row in x's dtype (the EDM / k-diffusion convention), the output cast
+    to x's dtype, and every call counted. ``process`` is what PSLD samplers ask for coefficients."""
 
-    def __init__(self, model: Callable, process: Process | None = None, class_labels: Tensor | None = None,
-                 progress: tqdm | None = None) -> None:
-        self.model, self.process, self.class_labels, self.progress = model, process, class_labels, progress
+    def __init__(self, model: Callable, process: Process | None = None, progress: tqdm | None = None) -> None:
+        self.model, self.process, self.progress = model, process, progress
         self.calls = 0
 
     def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
@@ -26,9 +25,7 @@ class CountedModel:
         if self.progress is not None:
             self.progress.update(1)
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(x.shape[0])
-        if self.class_labels is None:
-            return self.model(x, sigma).to(x.dtype)
-        return self.model(x, sigma, self.class_labels).to(x.dtype)
+        return self.model(x, sigma).to(x.dtype)
 
 
 def run_counted(spec: SamplerSpec, model: CountedModel, x: Tensor, sigmas: Tensor, nfe: int, *,
