@@ -118,7 +118,8 @@ def test_wrapped_exact_gaussian_network_samples_its_gaussian(wrap):
         assert rel_err(x.T, fd.sample(exact, noise, sampler=sampler, nfe=nfe, sigma_min=lo, sigma_max=hi).T) < 1e-3
     assert float(x.std()) == pytest.approx(s, rel=0.02)  # 200 Euler steps: the Gaussian itself
     x = fd.generate(model, list(range(16)), batch=8, progress=False, sampler="euler", nfe=5)
-    assert x.shape == (16, 2)
+    seeded = fd.SeededNoise(range(16))
+    assert torch.equal(x, fd.sample(model, seeded.randn((2,), "cpu"), sampler="euler", nfe=5, noise_fn=seeded))
     with pytest.raises(UserError, match="'callable'.*cannot be saved"):
         fd.save_model(model, "never.safetensors")
 

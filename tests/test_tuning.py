@@ -127,11 +127,12 @@ def test_tuning_refuses_what_it_cannot_tune(tuning):
         fit_schedule(DENOISE, sampler="sscs", nfe=5, noise=z)
 
 
-def test_logits_round_trip():
-    from fastdiffusion.samplers.tuning import _levels, _logits
+def test_logits_round_trip_on_another_range():
+    from fastdiffusion.samplers.tuning import levels_from_logits, logits_from_levels
 
-    levels = make_sigmas("karras", 7, 0.002, 80.0)[:-1]
-    np.testing.assert_allclose(_levels(_logits(levels), 0.002, 80.0).numpy(), levels.numpy(), rtol=1e-9)
+    levels = make_sigmas("karras", 7, 0.03, 14.6)[:-1]
+    np.testing.assert_allclose(levels_from_logits(logits_from_levels(levels, 0.03, 14.6), 0.03, 14.6).numpy(),
+                               levels.numpy(), rtol=1e-9)
 
 
 def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path):

@@ -1,8 +1,9 @@
 """``fastdiffusion bench samplers MODEL``: every sampler × schedule × NFE on a trained model (docs/benchmarks.md).
 
-Per run: FD on the bundled digits classifier (digits models), the RMS to the Heun-35 endpoint from the same noise, the
-last positive noise level and the high-frequency energy against Heun-35's (no win by blur). The ``model`` schedule is
-fitted per sampler and NFE on tuning seeds disjoint from the evaluation seeds (``samplers.tuning``).
+Per run: FD on the bundled digits classifier (models whose run trained on the digits), the RMS to the Heun-35
+endpoint from the same noise, the last positive noise level and the high-frequency energy against Heun-35's (no win
+by blur). The ``model`` schedule is fitted per sampler and NFE on tuning seeds disjoint from the evaluation seeds
+(``samplers.tuning``).
 """
 
 from __future__ import annotations
@@ -43,17 +44,21 @@ def hf_energy(x: Tensor) -> float:
     return float(F.conv2d(x.float(), kernel, groups=c).square().mean())
 
 
-def _digits(model: ProcessModel) -> bool:
-    return model.data_shape[0] == 1
+def trained_on_digits(path: str | Path) -> bool:
+    """Whether the run that made the model at ``path`` trained on the bundled digits (its config.json says so)."""
+    from ..data import DIGITS_SETS
+    from ..metrics.sources import run_training
+
+    training = run_training(Path(path))
+    return training is not None and training["data"] in DIGITS_SETS
 
 
 def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str], nfes: Sequence[int],
         eval_seeds: list[int], tuning_seeds: list[int], tune_nfes: Sequence[int], batch: int, max_evals: int,
-        device: torch.device) -> dict:
+        device: torch.device, digits: bool) -> dict:
     """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the Heun-35 reference."""
     from ..metrics.digits_classifier import fd_digits
 
-    digits = _digits(model)
     lo, hi = sampling_range(model)
 
     def metrics(x: Tensor, ref: Tensor) -> dict:
@@ -157,6 +162,7 @@ def main(args: argparse.Namespace) -> dict:
 
     d = distributed.setup(args.device)
     model = load_model(args.model, device=d.device)
+    digits = trained_on_digits(args.model)
     accelerate(model, d.device, compile=False)  # shapes vary between tuning and evaluation: no recompiles
     eval_seeds, tuning_seeds = parse_seeds(args.seeds), parse_seeds(args.tuning_seeds)
     if set(eval_seeds) & set(tuning_seeds):
@@ -166,10 +172,10 @@ def main(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
                      tuning_seeds=tuning_seeds, tune_nfes=args.tune_nfe or args.nfe, batch=args.batch,
-                     max_evals=args.max_evals, device=d.device)
+                     max_evals=args.max_evals, device=d.device, digits=digits)
     result["protocol"] = {"model": str(args.model), "eval_seeds": format_seeds(eval_seeds),
                           "tuning_seeds": format_seeds(tuning_seeds), "fd": "FD-digits vs the digits32 test split"
-                          if _digits(model) else None, "reference": f"{REFERENCE[0]} {REFERENCE[1]} NFE, same seeds",
+                          if digits else None, "reference": f"{REFERENCE[0]} {REFERENCE[1]} NFE, same seeds",
                           "hf_energy": "mean squared 3x3 Laplacian at full resolution",
                           "fast_path": "bf16 autocast, channels_last, no compile" if d.device.type == "cuda" else
                           "fp32 eager", **provenance(d.device)}

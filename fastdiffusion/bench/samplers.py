@@ -13,7 +13,7 @@ import torch
 
 from ..checkpoint import atomic_write_json
 from ..errors import UserError
-from ..samplers import SAMPLERS
+from ..samplers import deterministic_edm_samplers
 from . import model_samplers, report
 from .cli import int_list
 from .distances import N_PROJECTIONS, sw2
@@ -42,7 +42,7 @@ BENCHMARK = Benchmark(
 
 def default_samplers() -> list[str]:
     """Every registered deterministic EDM-family sampler at its default schedule, plus ``VARIANTS``."""
-    names = sorted(n for n, s in SAMPLERS.items() if s.family == "edm" and not s.stochastic)
+    names = deterministic_edm_samplers()
     return names + [v for v in VARIANTS if v.partition("@")[0] in names]
 
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..samplers import get_sampler, make_sigmas
+from ..samplers.tuning import MIN_STEP, levels_from_logits, logits_from_levels
 from .edm_exact import SIGMA_MAX, SIGMA_MIN
 from .harness import EXACT_RTOL, Prepared, grid, parse_sampler, prepare, run, score
 from .problems import EDM_FAMILY, EDM_TUNING, PSLD_FAMILY, PSLD_TUNING, Family
@@ -110,28 +111,17 @@ TUNING_STARTS = (("karras", 3.0), ("karras", 5.0), ("karras", 7.0), ("karras", 1
 MAX_ROUNDS, MAXFEV, ROUND_GAIN = 2, 700, 1e-4
 # Smallest ln-sigma step, as a fraction of ln(sigma_max/sigma_min): without it dpmpp-2m's optimum at NFE 9 merges two
 # levels (a near-zero step that buys a finite-difference derivative), a degenerate grid no stored table should hold.
-MIN_STEP = 0.01
 T_DECIMALS = 6
 
 
 def grid_from_logits(z: np.ndarray) -> Tensor:
-    """``[sigma_max, ..., sigma_min, 0]`` whose ln-sigma decrements are ``L (MIN_STEP + (1 - k MIN_STEP) softmax([0,
-    z]))``, L = ln(sigma_max/sigma_min), k = NFE - 1 decrements: any real ``z`` (NFE - 2 values) gives a strictly
-    decreasing grid with fixed ends and no two levels closer than MIN_STEP L."""
-    logits = np.concatenate([[0.0], z])
-    w = np.exp(logits - logits.max())
-    frac = MIN_STEP + (1 - len(w) * MIN_STEP) * w / w.sum()
-    u = math.log(SIGMA_MAX) - math.log(SIGMA_MAX / SIGMA_MIN) * np.cumsum(frac)
-    sigmas = np.concatenate([[SIGMA_MAX], np.exp(u[:-1]), [SIGMA_MIN, 0.0]])
-    return torch.from_numpy(sigmas)
+    """``levels_from_logits`` on EDM's range, followed by 0."""
+    return torch.cat([levels_from_logits(z, SIGMA_MIN, SIGMA_MAX), torch.zeros(1, dtype=torch.float64)])
 
 
 def logits_from_grid(sigmas: Tensor) -> np.ndarray:
-    """The ``z`` of ``grid_from_logits`` for a grid (up to the softmax's shift): ``z_j = ln(w_{j+1} / w_0)`` with
-    ``w = d/L - MIN_STEP`` for the ln-sigma decrements d (a decrement below MIN_STEP L is taken at the floor)."""
-    d = -np.diff(np.log(sigmas[:-1].numpy())) / math.log(SIGMA_MAX / SIGMA_MIN)
-    w = np.maximum(d - MIN_STEP, 1e-9)
-    return np.log(w[1:]) - np.log(w[0])
+    """The ``z`` of ``grid_from_logits`` for a grid ending in 0."""
+    return logits_from_levels(sigmas[:-1], SIGMA_MIN, SIGMA_MAX)
 
 
 def interior_positions(sigmas: Tensor) -> tuple[float, ...]:

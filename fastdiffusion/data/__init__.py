@@ -45,6 +45,7 @@ from fastdiffusion.data.toys import TOYS
 from fastdiffusion.errors import UserError
 
 __all__ = [
+    "DIGITS_SETS",
     "Dataset",
     "Fetched",
     "GaussianMixture",
@@ -65,6 +66,7 @@ DEFAULT_POINTS = 20_000
 
 _TEST_SEED_OFFSET = 1_000_003
 _DIGITS = {"digits": None, "digits16": 16, "digits32": 32}
+DIGITS_SETS = tuple(_DIGITS)
 BUNDLED = (*_DIGITS, *TOYS, "gmm64")
 """Names `load_dataset` accepts besides paths."""
 

@@ -50,7 +50,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``distill`` with its subcommands to the top-level ``subparsers``; returns the ``distill`` parser."""
-    from ..samplers import SAMPLERS
+    from ..samplers import deterministic_edm_samplers
     from .student import DistillConfig
     from .trajectories import DTYPES, GRIDS
 
@@ -63,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        "Resumable (run it again: complete shards are skipped); under torchrun rank r writes shards "
                        "r, r + world, ...")
     t.add_argument("model", help="teacher: a run directory, checkpoint directory or .safetensors model file")
-    deterministic = sorted(n for n, s in SAMPLERS.items() if s.family == "edm" and not s.stochastic)
+    deterministic = deterministic_edm_samplers()
     t.add_argument("--sampler", default="heun", choices=deterministic)
     t.add_argument("--nfe", type=positive_int, default=35, help="teacher denoiser calls per trajectory (default 35; "
                    "with --guidance W != 1 each is 2 network evaluations)")

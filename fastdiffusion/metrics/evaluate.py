@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data import DIGITS_SETS
 from ..errors import UserError
 from .sources import Samples, load_source
 
@@ -49,7 +50,6 @@ __all__ = ["METRICS", "Reference", "evaluate", "parse_reference"]
 METRICS = ("fd-digits", "kid-digits", "class-accuracy", "prdc", "memorization", "fid", "kid", "sliced", "gmm-nll")
 SLICED_PROJECTIONS = 256
 POINTS_REFERENCE = 20_000  # points drawn for a generated (toy / mixture) reference set, as in training
-_DIGITS = ("digits", "digits16", "digits32")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -66,7 +66,7 @@ class Reference:
 
     @property
     def is_digits(self) -> bool:
-        return self.dataset is not None and self.dataset.strip().lower() in _DIGITS
+        return self.dataset is not None and self.dataset.strip().lower() in DIGITS_SETS
 
     def name(self, resolution: int | None = None) -> str:
         """The data set's name (digits named by the resolution they are compared at)."""
@@ -350,7 +350,7 @@ def _same_data(a: str, b: str) -> bool:
     names compare by name, paths by their resolved location."""
     def key(spec: str) -> str:
         name = spec.strip().lower()
-        return "digits" if name in _DIGITS else name if _bundled(name) else str(Path(spec).expanduser().resolve())
+        return "digits" if name in DIGITS_SETS else name if _bundled(name) else str(Path(spec).expanduser().resolve())
 
     return key(a) == key(b)
 

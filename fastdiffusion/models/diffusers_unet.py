@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
@@ -79,13 +78,9 @@ def scheduler_process(cfg: dict, where: str) -> DiscreteVP:
     if cfg.get("rescale_betas_zero_snr"):
         raise UserError(f"{where}: rescale_betas_zero_snr gives sigma_max = infinity, which sigma-space samplers "
                         f"cannot start from")
-    if cfg.get("trained_betas") is not None:
-        betas = torch.tensor(cfg["trained_betas"], dtype=torch.float32)
-        alphas_cumprod = torch.cumprod(1 - betas, 0).tolist()
-    else:
-        alphas_cumprod = ddpm_alphas_cumprod(cfg.get("beta_schedule", "linear"), int(cfg.get("num_train_timesteps",
-                                             1000)), float(cfg.get("beta_start", 1e-4)),
-                                             float(cfg.get("beta_end", 0.02)))
+    alphas_cumprod = ddpm_alphas_cumprod(cfg.get("beta_schedule", "linear"), int(cfg.get("num_train_timesteps", 1000)),
+                                         float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02)),
+                                         cfg.get("trained_betas"))
     return DiscreteVP(alphas_cumprod, cfg.get("prediction_type", "epsilon"))
 
 

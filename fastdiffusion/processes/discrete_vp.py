@@ -32,11 +32,14 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def ddpm_alphas_cumprod(beta_schedule: str, num_timesteps: int, beta_start: float = 1e-4,
-                        beta_end: float = 0.02) -> list[float]:
+                        beta_end: float = 0.02, trained_betas: Sequence[float] | None = None) -> list[float]:
     """alpha_bar_t = prod_{s <= t} (1 - beta_s) for DDPM's schedules, in fp32 as diffusers computes them: 'linear'
     betas (Ho et al. 2020), 'scaled_linear' (linear in sqrt(beta), Stable Diffusion) and 'squaredcos_cap_v2'
-    (Nichol & Dhariwal 2021: beta_t = min(1 - f(t+1)/f(t), 0.999), f(t) = cos^2((t/T + 0.008)/1.008 pi/2))."""
-    if beta_schedule == "linear":
+    (Nichol & Dhariwal 2021: beta_t = min(1 - f(t+1)/f(t), 0.999), f(t) = cos^2((t/T + 0.008)/1.008 pi/2)), or
+    ``trained_betas`` given as they are."""
+    if trained_betas is not None:
+        betas = torch.tensor(list(trained_betas), dtype=torch.float32)
+    elif beta_schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float32)
     elif beta_schedule == "scaled_linear":
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float32) ** 2

@@ -10,7 +10,8 @@ from . import (
     multistep,  # noqa: F401  (registers ddim, dpmpp-2m, dpmpp-3m, unipc, ipndm)
     splitting,  # noqa: F401  (registers the PSLD samplers: em, sscs, nse, rse, nvv, rvv, noba, roba, sps-s, ...)
 )
-from .registry import SAMPLERS, SamplerSpec, get_sampler, one_call_per_step, register
+from .registry import SAMPLERS, SamplerSpec, deterministic_edm_samplers, get_sampler, one_call_per_step, register
 from .schedules import SCHEDULES, make_sigmas
 
-__all__ = ["SAMPLERS", "SCHEDULES", "SamplerSpec", "get_sampler", "make_sigmas", "one_call_per_step", "register"]
+__all__ = ["SAMPLERS", "SCHEDULES", "SamplerSpec", "deterministic_edm_samplers", "get_sampler", "make_sigmas",
+           "one_call_per_step", "register"]

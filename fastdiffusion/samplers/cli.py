@@ -47,15 +47,14 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from . import SAMPLERS
+    from . import deterministic_edm_samplers
 
     p = subparsers.add_parser("tune", help="fit a sampler's noise levels to one model",
                               description="Fit the noise levels of a deterministic EDM-family sampler at a given NFE "
                               "to the model's own PF-ODE (reference: a high-accuracy Heun solve from the tuning "
                               "noise). The JSON goes to `sample/eval/distill trajectories --schedule FILE`.")
     p.add_argument("model", help="a run directory, checkpoint directory or model file")
-    p.add_argument("--sampler", required=True, choices=sorted(n for n, s in SAMPLERS.items()
-                                                             if s.family == "edm" and not s.stochastic))
+    p.add_argument("--sampler", required=True, choices=deterministic_edm_samplers())
     p.add_argument("--nfe", type=positive_int, required=True, help="network calls per sample the grid is for")
     p.add_argument("--seeds", default=TUNING_SEEDS, help=f"tuning noise seeds (default {TUNING_SEEDS}: 256 seeds, "
                    "disjoint from sampling's defaults)")

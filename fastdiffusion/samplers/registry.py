@@ -66,6 +66,11 @@ def one_call_per_step(nfe: int) -> int:
     return nfe
 
 
+def deterministic_edm_samplers() -> list[str]:
+    """Names of the deterministic EDM-family samplers (those a trajectory or a tuned grid can be defined for)."""
+    return sorted(n for n, s in SAMPLERS.items() if s.family == "edm" and not s.stochastic)
+
+
 def get_sampler(name: str) -> SamplerSpec:
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler '{name}': choose one of {', '.join(sorted(SAMPLERS))}")

@@ -95,22 +95,21 @@ def dp_grid(ref: Reference, n: int) -> Tensor:
     return torch.tensor([s[i] for i in reversed(picks)], dtype=torch.float64)
 
 
-def _logits(levels: Tensor) -> np.ndarray:
-    """Inverse of ``_levels``: softmax logits of the log-sigma decrements of a grid's positive levels."""
-    log_s = levels.log().numpy()
-    frac = -np.diff(log_s) / (log_s[0] - log_s[-1])
-    w = (frac - MIN_STEP) / (1 - MIN_STEP * len(frac))
-    return np.log(np.clip(w, 1e-9, None))
+def levels_from_logits(z: np.ndarray, lo: float, hi: float) -> Tensor:
+    """Positive levels ``hi .. lo`` whose ln-sigma decrements are ``L (MIN_STEP + (1 - k MIN_STEP) softmax([0, z]))``,
+    L = ln(hi/lo), k = len(z) + 1: any real ``z`` gives a strictly decreasing grid with fixed ends."""
+    logits = np.concatenate([[0.0], z])
+    w = np.exp(logits - logits.max())
+    frac = MIN_STEP + (1 - len(w) * MIN_STEP) * w / w.sum()
+    u = math.log(hi) - math.log(hi / lo) * np.cumsum(frac)
+    return torch.from_numpy(np.concatenate([[hi], np.exp(u[:-1]), [lo]]))
 
 
-def _levels(z: np.ndarray, lo: float, hi: float) -> Tensor:
-    """Positive levels from ``hi`` down to ``lo``: decrements of ln sigma are ``MIN_STEP`` plus a softmax share."""
-    w = np.exp(z - z.max())
-    frac = MIN_STEP + (1 - MIN_STEP * len(z)) * w / w.sum()
-    log_s = math.log(hi) - np.concatenate([[0.0], np.cumsum(frac)]) * math.log(hi / lo)
-    levels = torch.tensor(np.exp(log_s), dtype=torch.float64)
-    levels[0], levels[-1] = hi, lo
-    return levels
+def logits_from_levels(levels: Tensor, lo: float, hi: float) -> np.ndarray:
+    """The ``z`` of ``levels_from_logits`` (a decrement below MIN_STEP L is taken at the floor)."""
+    d = -np.diff(np.log(levels.numpy())) / math.log(hi / lo)
+    w = np.maximum(d - MIN_STEP, 1e-9)
+    return np.log(w[1:]) - np.log(w[0])
 
 
 @dataclass(frozen=True)
@@ -157,10 +156,11 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
     start = min(start_values, key=start_values.__getitem__)
     best_levels, best = starts[start], start_values[start]
     if steps >= 3 and max_evals > len(starts):
-        result = minimize(lambda z: objective(_levels(z, lo, hi)), _logits(best_levels), method="Nelder-Mead",
+        result = minimize(lambda z: objective(levels_from_logits(z, lo, hi)), logits_from_levels(best_levels, lo, hi),
+                          method="Nelder-Mead",
                           options={"maxfev": max_evals - len(starts), "xatol": 1e-3, "fatol": 1e-6})
         if result.fun < best:
-            best_levels, best = _levels(result.x, lo, hi), float(result.fun)
+            best_levels, best = levels_from_logits(result.x, lo, hi), float(result.fun)
     sigmas = torch.cat([best_levels, best_levels.new_zeros(1)])
     return TunedSchedule(sigmas, best, start, start_values, evaluations)
 
