@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .cli_args import (
     add_config_arguments,
+    add_gaussian_arguments,
     add_sampling_arguments,
     config_overrides,
     dispatch,
@@ -66,33 +67,38 @@ def cmd_dataset(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
-    from .cli_args import check_device, fast_path_options
-    from .fastpath import accelerate
+    from .cli_args import check_device, check_gaussian_flags, describe_gaussian, fast_path_options
+    from .fastpath import accelerate, sampling_calls
     from .guidance import describe, guidance_protocol, parse_class
     from .models import load_model
     from .outputs import output_kind, write_samples
     from .samplers.tuning import schedule_options
-    from .sampling import check_sampler_args, generate, resolve_sampler
+    from .sampling import check_sampler_args, gaussian_options, generate, resolve_sampler
     from .seeds import parse_seeds
     from .training import distributed
 
     seeds = parse_seeds(args.seeds)
     hyper = parse_kv(args.opt, "--opt")
+    check_gaussian_flags(args)
     class_labels = parse_class(args.class_label)
     output_kind(args.out)
     d = distributed.setup(check_device(args.device))
     model = load_model(args.model, ema=not args.raw, device=d.device)
     args.sampler, args.nfe = resolve_sampler(model, args.sampler, args.nfe)
-    check_sampler_args(args.sampler, args.nfe, hyper)
-    schedule = schedule_options(args.schedule, args.sampler, args.nfe, model)  # before accelerate: weights digest
-    accelerate(model, d.device, **fast_path_options(args))
+    check_sampler_args(args.sampler, args.nfe, hyper, args.afs)
+    gaussian = gaussian_options(args.teleport, args.afs, args.data_stats, args.model, model)
+    schedule = schedule_options(args.schedule, args.sampler, args.nfe + args.afs, model, hyper)  # before accelerate
+    accelerate(model, d.device, **fast_path_options(args),
+               calls=sampling_calls(len(seeds), args.batch, args.nfe, d.world_size))  # compile if it pays
     with torch.no_grad():
         x = generate(model, seeds, batch=args.batch, device=d.device, sampler=args.sampler, nfe=args.nfe,
-                     progress=not args.quiet, class_labels=class_labels, guidance=args.guidance, **schedule, **hyper)
+                     progress=not args.quiet, class_labels=class_labels, guidance=args.guidance, **schedule, **gaussian,
+                     **hyper)
     if d.is_main:
         out = write_samples(x, args.out, seeds)
-        guided = describe(guidance_protocol(class_labels, args.guidance, args.nfe))
-        print(f"wrote {len(seeds)} samples ({args.sampler}, {args.nfe} NFE{'; ' + guided if guided else ''}) to {out}")
+        notes = "".join(f"; {t}" for t in (describe_gaussian(gaussian),
+                                           describe(guidance_protocol(class_labels, args.guidance, args.nfe))) if t)
+        print(f"wrote {len(seeds)} samples ({args.sampler}, {args.nfe} NFE{notes}) to {out}")
     distributed.teardown()
 
 
@@ -175,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --guidance W != 1 each call is 2 network evaluations")
     p.add_argument("--out", default="samples.png", help=".png grid, .npz array, or a folder (one PNG per seed)")
     add_sampling_arguments(p, seeds="0-63", batch=256)
+    add_gaussian_arguments(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("info", help="versions, device, processes, samplers, networks, presets; --net profiles one",

@@ -109,6 +109,33 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
                              "conditional model); W != 1 makes each NFE 2 network evaluations, batched in one call")
 
 
+def add_gaussian_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--teleport SIGMA``, ``--afs`` and ``--data-stats DATA|FILE`` (``processes.gaussian_data``; EDM family)."""
+    parser.add_argument("--teleport", type=float, metavar="SIGMA", help="skip the noise levels above SIGMA by "
+                        "the exact flow of Gaussian data (0 network calls); the sampler spends its NFE below SIGMA")
+    parser.add_argument("--afs", action="store_true", help="analytic first step: the sampler's first denoiser call is "
+                        "the Gaussian data's (not a network call), so it runs a grid of NFE + 1 calls")
+    parser.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for --teleport/--afs: a "
+                        "statistics .safetensors or DATA[@SPLIT] (default: data_stats.safetensors beside the model, "
+                        "else the run's training data, computed once and cached there)")
+
+
+def check_gaussian_flags(args: argparse.Namespace) -> None:
+    """A one-line UserError for --data-stats without --teleport or --afs (it would change nothing)."""
+    if args.data_stats is not None and args.teleport is None and not args.afs:
+        raise UserError("--data-stats is used only by --teleport and --afs: add one or drop --data-stats")
+
+
+def describe_gaussian(options: dict) -> str:
+    """'analytic first step, teleport to sigma 10 (data statistics: digits16@train)' for protocols and messages."""
+    if not options:
+        return ""
+    parts = (["analytic first step"] if options.get("afs") else []) + (
+        [f"teleport to sigma {options['teleport']:g}"] if options.get("teleport") is not None else [])
+    source = options["data_stats"].info.get("source", "given") if "data_stats" in options else "given"
+    return f"{', '.join(parts)} (data statistics: {source})"
+
+
 def check_device(name: str) -> str:
     """``--device``: 'auto' or a cpu / cuda[:N] / mps device present on this machine, else a one-line UserError."""
     import torch
@@ -130,14 +157,18 @@ def check_device(name: str) -> str:
 
 
 def add_fast_path_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sampling fast-path switches (``fastpath.accelerate``); each defaults to on for CUDA, off on the CPU."""
+    """The sampling fast-path switches (``fastpath.accelerate``); each defaults to on for a CUDA GPU that supports it,
+    off on the CPU."""
     from .fastpath import PRECISIONS
 
-    g = parser.add_argument_group("fast path (default: on for CUDA, off on the CPU)")
-    g.add_argument("--precision", choices=PRECISIONS, default="auto", help="network precision; the ODE state is fp32")
+    g = parser.add_argument_group("fast path (default: on for a CUDA GPU that supports it, off on the CPU)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto", help="network precision; the ODE state is fp32 "
+                   "(auto: bf16 on GPUs of compute capability 8.0 or later, else fp32)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the network (with CUDA graphs on a GPU)")
+                   help="torch.compile the network (with CUDA graphs on a GPU); default: on a GPU of compute "
+                   "capability 7.0 or later once a timed eager call shows the job's calls pay for the compile time, "
+                   "cached across runs in $TORCHINDUCTOR_CACHE_DIR (default ~/.cache/fastdiffusion/inductor)")
     g.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None)
 
 

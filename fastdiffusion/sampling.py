@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,9 +13,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .fastpath import show_compiling
 from .guidance import ClassSpec, classes_for_seeds, evaluations_per_call, guided_model, model_label_dim
 from .models import ProcessModel
 from .processes import EDM, Process
+from .processes.edm import EDMFamily
+from .processes.gaussian_data import GaussianDataStats
 from .samplers import SAMPLERS, SamplerSpec, get_sampler, make_sigmas
 from .samplers.counted import CountedModel, run_counted
 
@@ -49,12 +54,25 @@ def resolve_sampler(model: Callable, sampler: str | None, nfe: int | None, proce
     return sampler, FAMILY_DEFAULTS[get_sampler(sampler).family][1] if nfe is None else nfe
 
 
-def check_sampler_args(sampler: str, nfe: int, hyper: dict) -> SamplerSpec:
-    """The sampler's spec, after checking that it can make exactly ``nfe`` calls and takes every option in ``hyper``."""
+def check_sampler_args(sampler: str, nfe: int, hyper: dict, afs: bool = False) -> SamplerSpec:
+    """The sampler's spec, after checking that it can make exactly ``nfe`` network calls (``nfe + 1`` denoiser calls
+    with ``afs``, the first analytic) and takes every option in ``hyper``."""
     spec = get_sampler(sampler)
     if nfe < 1:
         raise UserError(f"--nfe must be >= 1, got {nfe}")
-    spec.steps(nfe)
+    if afs:
+        def valid(n: int) -> bool:
+            try:
+                return n >= 1 and spec.steps(n + 1) > 0
+            except UserError:
+                return False
+
+        if not valid(nfe):
+            near = " or ".join(str(n) for n in (nfe - 1, nfe + 1) if valid(n))
+            raise UserError(f"--afs runs {sampler} on a grid of NFE + 1 = {nfe + 1} denoiser calls (the first one "
+                            f"analytic), which {sampler} cannot make" + (f": use --nfe {near}" if near else ""))
+    else:
+        spec.steps(nfe)
     unknown = set(hyper) - set(spec.hyper)
     if unknown:
         raise UserError(f"sampler '{sampler}' has no option {', '.join(sorted(unknown))}; it takes "
@@ -83,7 +101,8 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
            class_labels: Tensor | int | None = None, guidance: float | None = None,
            noise_fn: Callable[[Tensor], Tensor] | None = None,
            callback: Callable[[dict], None] | None = None, progress: bool = False, process: Process | None = None,
-           sigmas: Tensor | None = None, **hyper: Any) -> Tensor:
+           sigmas: Tensor | None = None, teleport: float | None = None, afs: bool = False,
+           data_stats: GaussianDataStats | str | Path | None = None, **hyper: Any) -> Tensor:
     """Generate data from standard-normal ``noise`` with exactly ``nfe`` calls of ``model``.
 
     ``model`` is a ``ProcessModel`` (its process sets the sigma range, the prior and the sampler family) or any callable
@@ -99,30 +118,107 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     ``class_labels`` (integer classes (N,), one class for all, or one-hot rows (N, K)) with ``guidance`` W samples
     D_u + W (D_c - D_u) (``guidance.Guided``; W = 1 by default, the plain conditional model); ``nfe`` counts guided
     calls, each 2 network evaluations per sample when W != 1.
+
+    Gaussian shortcuts (EDM-family models; ``data_stats``: the data's ``GaussianDataStats`` or their file, see
+    ``processes.gaussian_data``): ``teleport=sigma_T`` moves the prior sample from sigma_max to sigma_T by the exact
+    PF-ODE flow of Gaussian data (no network call) and the sampler then spends all ``nfe`` calls on a schedule over
+    [sigma_min, sigma_T] (an explicit ``sigmas`` grid must start at sigma_T). ``afs`` answers the sampler's first
+    denoiser call with the Gaussian denoiser, so the sampler runs its grid of ``nfe + 1`` calls of which ``nfe`` are
+    network calls; ``nfe`` (and the progress bar) count network calls only. With ``class_labels`` the Gaussian stand-in
+    is the unconditional data's.
     """
     sampler, nfe = resolve_sampler(model, sampler, nfe, process)
-    spec = check_sampler_args(sampler, nfe, hyper)
-    family = model_family(model, process)
+    family = check_gaussian_family(model, process, teleport, afs)
+    spec = check_sampler_args(sampler, nfe, hyper, afs)
     if spec.family != family:
         names = ", ".join(sorted(n for n, s in SAMPLERS.items() if s.family == family))
         raise UserError(f"sampler '{sampler}' is a {spec.family} sampler and this is a {family} model: use one of "
                         f"{names}")
     lo, hi = sampling_range(model, process)
+    steps = spec.steps(nfe + 1 if afs else nfe)
+    start = float(sigma_max or hi)  # the prior's noise level
+    stats = gaussian_shortcuts(teleport, afs, data_stats, noise, float(sigma_min or lo), start)
     if sigmas is None:
-        sigmas = make_sigmas(schedule or spec.schedule, spec.steps(nfe), sigma_min or lo, sigma_max or hi, rho,
-                             sampler=sampler)
+        sigmas = make_sigmas(schedule or spec.schedule, steps, sigma_min or lo,
+                             start if teleport is None else teleport, rho)
     else:
-        sigmas = check_grid(sigmas, spec.steps(nfe), f"{sampler} at NFE {nfe}")
+        sigmas = check_grid(sigmas, steps, f"{sampler} at NFE {nfe}" + (" with --afs" if afs else ""))
+        if teleport is not None and not math.isclose(float(sigmas[0]), teleport, rel_tol=1e-6):
+            raise UserError(f"--teleport {teleport:g}: the given noise levels start at {float(sigmas[0]):g}; a "
+                            f"teleported run's grid must start at the teleport level")
     guided = guided_model(model, family, class_labels, guidance, noise.shape[0])
     evals = evaluations_per_call(None if class_labels is None else guidance)
-    bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE" + (f" ({evals}x network evaluations)" if evals > 1 else ""),
-               disable=not progress, leave=False)
+    extra = "".join([" +1 analytic call" if afs else "", f" from sigma {teleport:g}" if teleport is not None else "",
+                     f" ({evals}x network evaluations)" if evals > 1 else ""])
+    bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE{extra}", disable=not progress, leave=False)
+    show_compiling(model, bar)
     process = model_process(model, process)
-    den = CountedModel(guided, process, bar)
-    x = process.prior(noise.float(), sigmas[0], noise_fn or torch.randn_like)
+    den = AnalyticFirstCall(guided, process, bar, stats.denoise) if afs else CountedModel(guided, process, bar)
+    if teleport is None:
+        x = process.prior(noise.float(), sigmas[0], noise_fn or torch.randn_like)
+    else:
+        x = process.prior(noise.float(), torch.tensor(start, dtype=torch.float64), noise_fn or torch.randn_like)
+        x = stats.transport(x, start, float(sigmas[0]))
     x = run_counted(spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback, **hyper)
     bar.close()
     return process.data_part(x)
+
+
+class AnalyticFirstCall(CountedModel):
+    """The counted model with the sampler's first call answered by ``first(x, sigma)`` (the Gaussian denoiser of the
+    analytic first step): no network call, so neither counted nor shown on the progress bar."""
+
+    def __init__(self, model: Callable, process: Process, progress: tqdm | None, first: Callable) -> None:
+        super().__init__(model, process, progress)
+        self.first: Callable | None = first
+
+    def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        if self.first is None:
+            return super().__call__(x, sigma)
+        first, self.first = self.first, None
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+        return first(x, sigma).to(x.dtype)
+
+
+def check_gaussian_family(model: Callable, process: Process | None = None, teleport: float | None = None,
+                          afs: bool = False) -> str:
+    """The model's sampler family, after checking that ``teleport`` / ``afs``, if asked, apply to it: they need an
+    EDM-family denoiser D(x, sigma) (not PSLD, not a DSNO student)."""
+    family = model_family(model, process)
+    if (teleport is not None or afs) and (family != "edm" or not isinstance(model_process(model, process), EDMFamily)):
+        what = "--teleport" if teleport is not None else "--afs"
+        raise UserError(f"{what} needs an EDM-family model (a denoiser D(x, sigma)); this is a {family} model")
+    return family
+
+
+def gaussian_options(teleport: float | None, afs: bool, data_stats: GaussianDataStats | str | Path | None,
+                     model_path: str | Path | None, model: Callable) -> dict:
+    """``sample``'s keywords (teleport, afs, data_stats) for a model loaded from ``model_path`` (or None), with the
+    statistics resolved (``gaussian_data.resolve_data_stats``: DATA[@SPLIT], a file, or the model's own); {} when
+    neither teleport nor afs is asked (``data_stats`` alone change nothing)."""
+    if teleport is None and not afs:
+        return {}
+    from .processes.gaussian_data import resolve_data_stats
+
+    check_gaussian_family(model, None, teleport, afs)
+    return {"teleport": teleport, "afs": bool(afs),
+            "data_stats": resolve_data_stats(model_path, data_stats, getattr(model, "data_shape", None))}
+
+
+def gaussian_shortcuts(teleport: float | None, afs: bool, data_stats: GaussianDataStats | str | Path | None,
+                       noise: Tensor, lo: float, start: float) -> GaussianDataStats | None:
+    """The data statistics ``teleport`` / ``afs`` use, after checking the teleport level lies inside (sigma_min,
+    sigma_max) and the statistics fit the noise's shape; None when neither is asked."""
+    if teleport is None and not afs:  # data_stats alone change nothing (the CLI refuses --data-stats alone)
+        return None
+    what = "--teleport" if teleport is not None else "--afs"
+    if teleport is not None and not (math.isfinite(teleport) and lo < teleport < start):
+        raise UserError(f"--teleport {teleport:g}: give a noise level between sigma_min {lo:g} and sigma_max {start:g}")
+    if data_stats is None:
+        raise UserError(f"{what} needs the data's mean and covariance: pass data_stats (--data-stats DATA|FILE)")
+    stats = data_stats if isinstance(data_stats, GaussianDataStats) else GaussianDataStats.load(data_stats)
+    stats.check_shape(noise.shape[1:])
+    return stats
 
 
 def generate(model: Callable, seeds: list[int], *, data_shape: tuple[int, ...] | None = None, batch: int = 256,
@@ -145,6 +241,8 @@ def generate(model: Callable, seeds: list[int], *, data_shape: tuple[int, ...] |
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
     labels = classes_for_seeds(class_labels, seeds, model_label_dim(model))
+    if isinstance(sample_kwargs.get("data_stats"), str | Path):  # read a statistics file once, not per batch
+        sample_kwargs["data_stats"] = GaussianDataStats.load(sample_kwargs["data_stats"])
     rank, world = rank_world()
     mine = seeds[rank::world]
     mine_labels = None if labels is None else labels[rank::world]

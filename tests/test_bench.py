@@ -9,7 +9,7 @@ import torch
 from fastdiffusion.bench import harness, psld_samplers, tuning
 from fastdiffusion.bench import samplers as edm_bench
 from fastdiffusion.bench.edm_exact import SIGMA_MAX, MixtureDenoiser, exact_endpoint
-from fastdiffusion.bench.problems import EDM_FAMILY, EDM_PROBLEMS, EDM_TUNING, PSLD_FAMILY, Problem
+from fastdiffusion.bench.problems import EDM_FAMILY, EDM_PROBLEMS, PSLD_FAMILY, Problem
 from fastdiffusion.cli import main as cli_main
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.errors import UserError
@@ -19,7 +19,7 @@ from fastdiffusion.samplers.registry import SamplerSpec, one_call_per_step
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("problem", EDM_PROBLEMS + EDM_TUNING[:1], ids=lambda p: p.name)
+@pytest.mark.parametrize("problem", EDM_PROBLEMS, ids=lambda p: p.name)
 def test_mixture_denoiser_matches_the_reference(problem):
     mixture = problem.make()
     fast = MixtureDenoiser(mixture)
@@ -79,20 +79,19 @@ def test_nfe_rules_and_sampler_selection():
     with pytest.raises(UserError, match="is a psld sampler"):
         harness.select_samplers(EDM_FAMILY, ["ddim", "em"])
     assert {"euler", "heun", "ddim", "dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim",
-            "conjugate-ddim", "ipndm@tuned", "lambda-ddim@tuned", "dpmpp-2m@tuned"} <= set(edm_bench.default_samplers())
+            "conjugate-ddim", "dpmpp-2m@karras", "ipndm@logsnr"} <= set(edm_bench.default_samplers())
     assert {"em", "sscs", "psld-conj", "csps-s"} <= set(psld_samplers.default_samplers())
 
 
 def test_edm_target_check():
     rows = [{"problem": "ring2d", "nfe": nfe, "sampler": s, "schedule": sch, "error": e}
             for nfe in (5, 10) for s, sch, e in (("dpmpp-2m", "logsnr", 1.0), ("dpmpp-2m", "karras", 1.5),
-                                                 ("dpmpp-2m", "tuned", 0.2), ("ipndm", "x", 0.4 if nfe == 5 else 0.6),
+                                                 ("ipndm", "x", 0.4 if nfe == 5 else 0.6),
                                                  ("heun", "x", None))]
     out = edm_bench.target_check(rows, [EDM_PROBLEMS[0]])
     assert out["cases"]["ring2d@5"]["holds"] and not out["cases"]["ring2d@10"]["holds"]
-    # the baseline is 2M's better of logsnr and karras; 2M on the tuned grid is reported, not a baseline or candidate
+    # the baseline is 2M's better of logsnr and karras
     assert out["cases"]["ring2d@5"]["best"] == "ipndm@x" and out["cases"]["ring2d@5"]["baseline"] == 1.0
-    assert out["cases"]["ring2d@5"]["ratio_vs_tuned"] == pytest.approx(2.0)
     assert out["holds_by_dim"] == {"2": False}
 
 

@@ -1,7 +1,8 @@
 """The refactor guard: every sampler on exact-score mixtures and on tiny trained models, four training steps of each
 process family and a DSNO student reproduce, bit for bit, the outputs recorded before the architecture refactor
 (``tests/recorded_outputs.py`` wrote ``tests/data/recorded.safetensors``). The 12 dpmpp-3m and unipc outputs were
-re-recorded when the third-order guard (``multistep.stable_order``) changed them on purpose; nothing else was.
+re-recorded when the third-order guard (``multistep.stable_order``) changed them on purpose, and the 6 lambda-ddim
+outputs when its default became lam = 0 (session 7); nothing else was.
 
 Bit equality holds for the CPU kernels the recording ran on (its torch version and CPU capability are in the file's
 metadata); elsewhere float32 kernels may round differently, so there the comparison allows 1e-5 relative

@@ -20,6 +20,7 @@ from fastdiffusion.samplers.tuning import (
     load_schedule,
     reference_solve,
     save_schedule,
+    schedule_options,
 )
 
 MIX = GaussianMixture.random(16, 8, seed=5, component_std=0.3)
@@ -110,13 +111,32 @@ def test_schedule_file_round_trip_and_checks(tuning, tmp_path, capsys):
     tuned = fit_schedule(DENOISE, sampler="ipndm", nfe=5, noise=z, reference=ref, max_evals=10)
     path = tmp_path / "s.json"
     save_schedule(path, tuned, {"sampler": "ipndm", "nfe": 5, "model_sha256": "0" * 64})
-    assert torch.equal(load_schedule(path, "ipndm", 5), tuned.sigmas)
+    sigmas, fitted = load_schedule(path, "ipndm", 5)
+    assert torch.equal(sigmas, tuned.sigmas) and fitted == {}
     assert json.loads(path.read_text())["value"] == tuned.value
     with pytest.raises(UserError, match="tuned for ipndm at NFE 5"):
         load_schedule(path, "dpmpp-2m", 5)
     path.write_text("{}")
     with pytest.raises(UserError, match="not a schedule file"):
         load_schedule(path, "ipndm", 5)
+
+
+def test_lambda_ddim_fits_lambda_with_its_grid_unless_given(tuning, tmp_path):
+    z, ref = tuning
+    tuned = fit_schedule(DENOISE, sampler="lambda-ddim", nfe=5, noise=z, reference=ref, max_evals=120)
+    lam = tuned.hyper["lam"]
+    assert lam != 0.0 and tuned.value < min(tuned.start_values.values())
+    again = fd.sample(DENOISE, z, sampler="lambda-ddim", nfe=5, sigmas=tuned.sigmas, lam=lam)
+    assert endpoint_rms(again, ref.endpoint) == pytest.approx(tuned.value, rel=1e-9)
+    # the grid alone (lam = 0, the default) is worse: the fitted lam is part of the result
+    assert endpoint_rms(fd.sample(DENOISE, z, sampler="lambda-ddim", nfe=5, sigmas=tuned.sigmas),
+                        ref.endpoint) > tuned.value
+    fixed = fit_schedule(DENOISE, sampler="lambda-ddim", nfe=5, noise=z, reference=ref, max_evals=20, lam=0.0)
+    assert fixed.hyper == {}
+    path = tmp_path / "lam.json"
+    save_schedule(path, tuned, {"sampler": "lambda-ddim", "nfe": 5})
+    assert schedule_options(str(path), "lambda-ddim", 5)["lam"] == lam
+    assert "lam" not in schedule_options(str(path), "lambda-ddim", 5, given={"lam": -0.01})  # --opt wins
 
 
 def test_tuning_refuses_what_it_cannot_tune(tuning):

@@ -71,7 +71,7 @@ def prepare(family: Family, problem: Problem, n: int, n_exact: int, rtol: float 
 
 def grid(family: Family, name: str, schedule: str, nfe: int) -> Tensor:
     """The sampler's ``schedule`` over the family's range with the levels that make ``nfe`` calls."""
-    return make_sigmas(schedule, get_sampler(name).steps(nfe), *family.process.sampling_range(), RHO, sampler=name)
+    return make_sigmas(schedule, get_sampler(name).steps(nfe), *family.process.sampling_range(), RHO)
 
 
 def run(family: Family, prep: Prepared, name: str, sigmas: Tensor, nfe: int, rows: int, seed: int,

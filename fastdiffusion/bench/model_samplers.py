@@ -29,7 +29,7 @@ from ..seeds import SeededNoise, format_seeds, parse_seeds
 from .provenance import provenance
 
 SAMPLERS = ("dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim")
-SCHEDULES = ("karras", "logsnr", "tuned", "model")  # 'model': fitted to this model (``fastdiffusion tune``)
+SCHEDULES = ("karras", "logsnr", "model")  # 'model': fitted to this model (``fastdiffusion tune``)
 NFES = (4, 5, 6, 8, 10)
 EVAL_SEEDS = "100000-100999"
 TUNING_SEEDS = "1000000-1000255"
@@ -86,17 +86,18 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                 if schedule == "model" and nfe not in tune_nfes:
                     continue
                 row: dict = {"sampler": name, "schedule": schedule, "nfe": nfe}
+                hyper: dict[str, float] = {}
                 if schedule == "model":
                     t0 = time.perf_counter()
                     tuned = fit_schedule(model, sampler=name, nfe=nfe, noise=tune_noise, reference=tune_ref,
                                          max_evals=max_evals)
-                    sigmas = tuned.sigmas
-                    row.update(tuning_seconds=time.perf_counter() - t0, tuning_value=tuned.value,
+                    sigmas, hyper = tuned.sigmas, tuned.hyper
+                    row.update(hyper=hyper, tuning_seconds=time.perf_counter() - t0, tuning_value=tuned.value,
                                tuning_start=tuned.start, tuning_evaluations=tuned.evaluations)
                 else:
-                    sigmas = make_sigmas(schedule, steps, lo, hi, sampler=name)
+                    sigmas = make_sigmas(schedule, steps, lo, hi)
                 x = generate(model, eval_seeds, batch=batch, device=device, sampler=name, nfe=nfe, sigmas=sigmas,
-                             progress=False)
+                             progress=False, **hyper)
                 row.update(sigmas=sigmas.tolist(), last_sigma=float(sigmas[-2]), **metrics(x, ref))
                 row["hf_ratio"] = row["hf_energy"] / reference["hf_energy"]
                 rows.append(row)

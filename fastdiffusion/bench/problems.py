@@ -54,12 +54,6 @@ EDM_PROBLEMS = (
     Problem("random64", _random64(65), 64, 14),
 )
 EDM_QUICK = ("ring2d", "benchmark64")
-EDM_TUNING = (
-    Problem("tune2d-a", _random2d(1001), 2, 1011),
-    Problem("tune2d-b", _random2d(1002), 2, 1012),
-    Problem("tune64-a", _random64(1064), 64, 1013),
-    Problem("tune64-b", _random64(1065), 64, 1014),
-)
 PSLD_PROBLEMS = (Problem("ring2d", GaussianMixture.ring2d, 2, 21),
                  Problem("benchmark64", GaussianMixture.benchmark64, 64, 22))
 PSLD_TUNING = (Problem("tune2d", _random2d(2002), 2, 31), Problem("tune64", _random64(2064), 64, 32))

@@ -4,14 +4,12 @@ docs/benchmarks.md)."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json
 from ..errors import UserError
 from ..samplers import deterministic_edm_samplers
 from . import model_samplers, report
@@ -21,7 +19,6 @@ from .edm_exact import SIGMA_MAX, SIGMA_MIN
 from .harness import EXACT_RTOL, RHO, Benchmark, run_benchmark, select_samplers
 from .problems import EDM_FAMILY, EDM_PROBLEMS, EDM_QUICK, Problem
 from .provenance import provenance
-from .tuning import SCHEDULE_TUNING_NFES, SCHEDULE_TUNING_SAMPLERS, tune_lambda, tune_schedule
 
 NFES = (3, 4, 5, 6, 8, 10, 15, 20, 35, 50, 100)
 QUICK_NFES = (3, 5, 10)
@@ -30,9 +27,8 @@ TARGET_RATIO = 0.5
 BASELINE = "dpmpp-2m"
 BASELINE_SCHEDULES = ("logsnr", "karras")
 # Schedule variants run by default besides every sampler's own schedule (the baseline on karras too, so the target is
-# checked against DPM-Solver++(2M)'s better schedule; the baseline on its tuned grid too, so the tuned winners are also
-# compared with a baseline given the same advantage).
-VARIANTS = ("dpmpp-2m@karras", "ipndm@logsnr", "ipndm@tuned", "lambda-ddim@tuned", "dpmpp-2m@tuned")
+# checked against DPM-Solver++(2M)'s better schedule).
+VARIANTS = ("dpmpp-2m@karras", "ipndm@logsnr")
 
 BENCHMARK = Benchmark(
     "EDM-family samplers on exact-score Gaussian mixtures", EDM_FAMILY, metrics=("error", "sw2"), plotted=("error",),
@@ -66,8 +62,7 @@ def protocol(n: int, nfes: Sequence[int], rtol: float) -> dict:
 def target_check(rows: list[dict], problems: Sequence[Problem]) -> dict:
     """Per problem and NFE in TARGET_NFES: best sampler / dpmpp-2m error; per dimension: does it hold everywhere.
 
-    The baseline is DPM-Solver++(2M) at the better of ``BASELINE_SCHEDULES``; its run on the tuned grid (if any) is
-    reported beside it (``ratio_vs_tuned``) but is neither a baseline nor a candidate.
+    The baseline is DPM-Solver++(2M) at the better of ``BASELINE_SCHEDULES``.
     """
     per_problem, per_dim = {}, {}
     for problem in problems:
@@ -83,9 +78,6 @@ def target_check(rows: list[dict], problems: Sequence[Problem]) -> dict:
             ratio = others[best] / base_err
             case = {"best": best, "error": others[best], "baseline": base_err, "ratio": ratio,
                     "holds": ratio <= TARGET_RATIO}
-            tuned_base = errs.get(f"{BASELINE}@tuned")
-            if tuned_base is not None:
-                case.update(baseline_tuned=tuned_base, ratio_vs_tuned=others[best] / tuned_base)
             per_problem[f"{problem.name}@{nfe}"] = case
             per_dim.setdefault(str(problem.dim), []).append(ratio <= TARGET_RATIO)
     return {"rule": f"best error <= {TARGET_RATIO} x {BASELINE} (better of {', '.join(BASELINE_SCHEDULES)}) at NFE "
@@ -96,12 +88,10 @@ def target_check(rows: list[dict], problems: Sequence[Problem]) -> dict:
 def target_lines(target: dict) -> list[str]:
     """The markdown of ``target_check``'s result."""
     lines = ["## Target", "", target["rule"], "",
-             "| case | best | error | dpmpp-2m | ratio | holds | dpmpp-2m@tuned | ratio vs 2M@tuned |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| case | best | error | dpmpp-2m | ratio | holds |", "|---|---|---|---|---|---|"]
     for case, c in target["cases"].items():
         lines.append(f"| {case} | {c['best']} | {c['error']:.3g} | {c['baseline']:.3g} | {c['ratio']:.2f} | "
-                     f"{'yes' if c['holds'] else 'no'} | {report.fmt(c.get('baseline_tuned'))} | "
-                     f"{report.fmt(c.get('ratio_vs_tuned'))} |")
+                     f"{'yes' if c['holds'] else 'no'} |")
     return [*lines, "", "Holds by dimension: " + ", ".join(f"{d}-D: {'yes' if v else 'no'}"
                                                            for d, v in target["holds_by_dim"].items())]
 
@@ -130,18 +120,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "only, exact rtol 1e-8")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the work is many small "
                    "tensor ops, which extra threads slow down on a shared machine)")
-    p.add_argument("--tune-lambda", action="store_true", help="tune lambda-DDIM's lambda per NFE on separate "
-                   "tuning mixtures and write lambda_tuning.json")
-    p.add_argument("--tune-schedule", action="store_true", help="tune the 'tuned' schedule's noise levels per "
-                   f"sampler ({','.join(SCHEDULE_TUNING_SAMPLERS)}, or --samplers) and NFE (default "
-                   f"{','.join(map(str, SCHEDULE_TUNING_NFES))}) on separate tuning mixtures and write "
-                   "schedule_tuning.json")
-
-
-def _tuning_result(tuned: dict, n: int, nfes: Sequence[int], rtol: float, started: float) -> dict:
-    """A tuner's result with provenance, the benchmark protocol beneath its own, and the seconds since ``started``."""
-    return {**provenance("cpu"), **tuned, "protocol": {**protocol(n, nfes, rtol), **tuned["protocol"]},
-            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -161,18 +139,6 @@ def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(max(1, args.threads))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if args.tune_lambda:
-        result = _tuning_result(tune_lambda(nfes, n, rtol), n, nfes, rtol, started)
-        atomic_write_json(args.out / "lambda_tuning.json", result)
-        print("LAMBDA_BY_NFE =", json.dumps({int(k): v for k, v in result["lambda_by_nfe"].items()}))
-        return result
-    if args.tune_schedule:
-        names = args.samplers.split(",") if args.samplers else list(SCHEDULE_TUNING_SAMPLERS)
-        nfes = args.nfe or list(SCHEDULE_TUNING_NFES)
-        result = _tuning_result(tune_schedule(names, nfes, n, rtol), n, nfes, rtol, started)
-        atomic_write_json(args.out / "schedule_tuning.json", result)
-        print("TUNED_T =", repr(result["positions"]))
-        return result
     samplers = select_samplers(EDM_FAMILY, args.samplers.split(",") if args.samplers else default_samplers())
     problems = select_problems(args.dims, quick)
     info, rows = run_benchmark(BENCHMARK, samplers, nfes, problems, n, n, rtol)

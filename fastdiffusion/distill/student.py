@@ -1,8 +1,10 @@
 """``fastdiffusion distill train``: fit a DSNO student to stored teacher trajectories.
 
 The student is a ``OneStepGenerator`` around a ``DSNOOperator`` built from the teacher's network config and
-initialised with the teacher's weights (its TimeConv layers start as the identity). For a batch of stored noises z
-(x_T = sigma_T z) and teacher states x*_m at the M output sigmas, the loss is the reference's weighted trajectory loss
+initialised with the teacher's weights (its TimeConv layers start as the identity); an FDM teacher's student takes
+the base process's preconditioning (``student_process``: FDM's c_in at sigma_T would hide the noise from it). For a
+batch of stored noises z (x_T = sigma_T z) and teacher states x*_m at the M output sigmas, the loss is the
+reference's weighted trajectory loss
 
     L = (1/M) sum_m w_m L_m,    w_m = clamp(alpha_m / sigma_m, 1, w_max) = clamp(1 / sigma_m, 1, w_max)
 
@@ -21,7 +23,9 @@ D_0 is the sample), not the noisy states.
 Training: Adam with linear warm-up, EMA with a half-life in images, bf16 autocast on CUDA, DDP under torchrun (every
 step's random rows are drawn for the global batch from one shared generator and each rank takes its part), atomic
 checkpoints with ``--resume``. Every checkpoint's ``ema.safetensors`` is a model file that ``load_model`` reads, and
-``run_dir/student.safetensors`` is the final EMA student: ``fastdiffusion sample RUN --sampler dsno --nfe 1``.
+``run_dir/student.safetensors`` is the final EMA student: ``fastdiffusion sample RUN --sampler dsno --nfe 1``. At
+every checkpoint the EMA student's samples of 64 fixed noises are compared with the teacher's (``spread_ratio``, logged
+as ``spread_ratio``); below 0.1 they have collapsed to nearly one image, and a warning is printed and logged.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from ..fastpath import FastPath
 from ..models import OneStepGenerator, load_model, model_meta, resolve_model_file
 from ..nets import build_net, net_config
 from ..plots import save_samples
+from ..processes.edm import EDMFamily
+from ..processes.fdm import FDM
 from ..training import distributed
 from ..training.config import setting
 from ..training.ema import EMA, ema_beta
@@ -71,10 +77,16 @@ from ..training.loop import (
 )
 from .trajectories import TrajectorySet
 
-__all__ = ["DistillConfig", "DistillTrainer", "build_student", "distill", "select_times", "time_weights",
-           "trajectory_loss"]
+__all__ = ["DistillConfig", "DistillTrainer", "build_student", "collapse_warning", "distill", "select_times",
+           "spread_ratio", "student_process", "time_weights", "trajectory_loss"]
 
 LOSSES = ("l1", "l2", "perceptual")
+
+# The collapse check: the EMA student's samples from the noises of the last COLLAPSE_ROWS trajectories, their
+# per-value spread over the batch relative to the teacher's samples of the same noises (spread_ratio). A working
+# student keeps most of the teacher's spread, a collapsed one almost none (docs/guide.md, "Distil to one call").
+COLLAPSE_ROWS = 64
+COLLAPSE_RATIO = 0.1
 
 
 @dataclass
@@ -175,15 +187,46 @@ def trajectory_loss(pred: Tensor, target: Tensor, weights: Tensor, kind: str, *,
     return (weights * per_time).mean(), per_time
 
 
+def student_process(process: EDMFamily) -> EDMFamily:
+    """The process whose preconditioning the student applies at its one input level sigma_T: the teacher's, except
+    for FDM, whose base process (EDM, VP or VE) it uses.
+
+    FDM's input scale c_in = s_FDM(sigma) = e^(-B) (1 + B) is 4e-8 at sigma_T = 80: the network would see the noise at
+    a standard deviation of 3e-6, and only the skip term c_skip(sigma_T) x_T (0.003) would depend on it, so every
+    sample would be the same image. FDM keeps its base's c_skip, c_out and c_noise; the base's c_in gives the network
+    a unit-scale input."""
+    return process.base if isinstance(process, FDM) else process
+
+
+def spread_ratio(samples: Tensor, reference: Tensor) -> float:
+    """Per-value standard deviation over the batch, averaged over values, of ``samples`` divided by that of
+    ``reference`` (N >= 2 rows each): about 1 when the samples vary as much as the teacher's, near 0 when every sample
+    is the same. NaN if the reference itself does not vary."""
+    ref = float(reference.float().flatten(1).std(0).mean())
+    return float(samples.float().flatten(1).std(0).mean()) / ref if ref > 0 else float("nan")
+
+
+def collapse_warning(ratio: float, n: int, step: int) -> str | None:
+    """The one-line warning for a student whose ``spread_ratio`` on ``n`` fixed noises is below COLLAPSE_RATIO, or
+    None."""
+    if not ratio < COLLAPSE_RATIO:
+        return None
+    return (f"the student's samples have collapsed at step {step}: their per-pixel spread over {n} fixed noises is "
+            f"{ratio:.1%} of the teacher's (below {COLLAPSE_RATIO:.0%}), so it makes nearly one image; train longer "
+            f"(--steps) or with a higher --lr, or lower --ema-halflife-kimg (docs/guide.md, 'Distil to one call')")
+
+
 def build_student(teacher: torch.nn.Module, manifest: dict, modes: int, activation: str = "none") -> OneStepGenerator:
-    """A ``OneStepGenerator`` whose operator wraps the teacher's network config, with the teacher's weights."""
+    """A ``OneStepGenerator`` whose operator wraps the teacher's network config, with the teacher's weights, and the
+    teacher's process (its base for FDM: ``student_process``)."""
     tcfg = teacher.net_config
     cfg = net_config("dsno", in_channels=tcfg["in_channels"], out_channels=tcfg["out_channels"], backbone=tcfg,
                      num_times=manifest["times"], modes=modes, activation=activation)
     net = build_net(**cfg)
     net.backbone.load_state_dict(teacher.net.state_dict())
-    return OneStepGenerator(net, teacher.process, cfg, tuple(manifest["data_shape"]), sigmas=manifest["sigmas"],
-                            cond_sigmas=manifest["cond_sigmas"], sigma_max=manifest["sigma_max"])
+    return OneStepGenerator(net, student_process(teacher.process), cfg, tuple(manifest["data_shape"]),
+                            sigmas=manifest["sigmas"], cond_sigmas=manifest["cond_sigmas"],
+                            sigma_max=manifest["sigma_max"])
 
 
 def _load_teacher(cfg: DistillConfig, manifest: dict, device: torch.device) -> torch.nn.Module:
@@ -227,6 +270,7 @@ class DistillTrainer(StepLoop):
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=True)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # CPU: it indexes the memory-mapped rows
         self.step = 0
+        self.last_check: dict | None = None  # the newest collapse check's log row
         self.run_dir = Path(cfg.run_dir)
         self.lock: RunLock | None = None
         if self.dist.is_main:
@@ -323,6 +367,26 @@ class DistillTrainer(StepLoop):
         per_time = (sq / n).tolist()
         return {"mse_per_time": per_time, "mse_final": per_time[0], "baseline_noise_mse": base / n}
 
+    @torch.no_grad()
+    def check_collapse(self, announce: bool = True) -> dict | None:
+        """Log the EMA student's ``spread_ratio`` on the last COLLAPSE_ROWS trajectories' noises (vs the teacher's
+        samples of them) and, below COLLAPSE_RATIO, a warning, printed if ``announce``; returns the log row."""
+        n = min(COLLAPSE_ROWS, len(self.data))
+        if n < 2:
+            return None
+        z, x = self.rows(list(range(len(self.data) - n, len(self.data))))
+        out = self.ema.model(self.data.manifest["sigma_max"] * z.to(self.dist.device))[:, 0]
+        ratio = spread_ratio(out.cpu(), x[:, 0])
+        row = {"step": self.step, "spread_ratio": ratio}
+        warning = collapse_warning(ratio, n, self.step)
+        if warning:
+            row["warning"] = warning
+            if announce:
+                print(f"warning: {warning}", file=sys.stderr)
+        self._log(row)
+        self.last_check = row
+        return row
+
     def write_grid(self) -> None:
         n = min(self.cfg.grid_images, len(self.data))
         z, x = self.rows(list(range(len(self.data) - n, len(self.data))))
@@ -354,11 +418,20 @@ class DistillTrainer(StepLoop):
         self.save_checkpoint()
         if self.cfg.holdout:
             self._log({"step": self.step, "heldout": self.evaluate(range(self.n_train, len(self.data)))})
+        self.check_collapse(announce=self.step < self.cfg.steps)  # the last one is announced after the progress bar
         self.write_grid()
 
     def run(self) -> Path:
         self.run_loop()
-        return self.save_student() if self.dist.is_main else self.run_dir / "student.safetensors"
+        if not self.dist.is_main:
+            return self.run_dir / "student.safetensors"
+        path = self.save_student()
+        row = self.last_check
+        if row is None or row["step"] != self.step:  # nothing trained in this session: check the student as it is
+            row = self.check_collapse(announce=False)
+        if row is not None and "warning" in row:
+            print(f"warning: {row['warning']}", file=sys.stderr)
+        return path
 
 
 def distill(cfg: DistillConfig, resume: bool = False, quiet: bool = False) -> Path:

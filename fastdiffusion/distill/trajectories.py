@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_bytes, atomic_write_json, sha256
 from ..errors import UserError
-from ..fastpath import accelerate
+from ..fastpath import accelerate, sampling_calls
 from ..guidance import ClassSpec, classes_for_seeds, describe, guidance_protocol, model_label_dim
 from ..models import load_model, model_meta, resolve_model_file
 from ..samplers import make_sigmas
@@ -145,7 +145,10 @@ def _plan(model: nn.Module, teacher: dict, seeds: Sequence[int], *, sampler: str
     n_steps = spec.steps(nfe)
     lo, hi = sampling_range(model)
     chosen = schedule_options(schedule, sampler, nfe, model)
-    levels = chosen["sigmas"] if "sigmas" in chosen else make_sigmas(schedule or spec.schedule, n_steps, lo, hi)
+    levels = chosen.pop("sigmas", None)
+    if levels is None:
+        levels = make_sigmas(chosen.pop("schedule") or spec.schedule, n_steps, lo, hi)
+    hyper = {**chosen, **hyper}  # a schedule file's fitted coefficients, unless given
     grid_sigmas = levels.tolist()
     steps = output_steps(n_steps, times, grid)
     sigmas = [grid_sigmas[j] for j in steps]
@@ -227,7 +230,8 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
     if isinstance(model, (str, Path)):
         file = resolve_model_file(model, ema)
         teacher = {"path": str(file), "sha256": sha256(file)}
-        model = accelerate(load_model(file, ema=ema, device=device), device, **(fast or {}))
+        calls = sampling_calls(len(seeds), min(batch, shard_size), nfe, rank_world()[1] if world is None else world)
+        model = accelerate(load_model(file, ema=ema, device=device), device, **(fast or {}), calls=calls)
     else:
         teacher = {"path": None, "sha256": None}
     teacher["meta"] = model_meta(model)
@@ -279,7 +283,8 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
             x = teacher_states(model, z, sampler=sampler, nfe=nfe, steps=manifest["step_index"],
                                noise_fn=noise_fn, sigmas=torch.tensor(manifest["sigma_grid"], dtype=torch.float64),
                                guidance=guidance,
-                               class_labels=None if shard_labels is None else shard_labels[lo:lo + batch], **hyper)
+                               class_labels=None if shard_labels is None else shard_labels[lo:lo + batch],
+                               **manifest["hyper"])
             noises.append(z.cpu())
             states.append(x.to(DTYPES[dtype]).cpu())
             bar.update(len(noise_fn.seeds))

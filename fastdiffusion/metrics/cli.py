@@ -16,8 +16,10 @@ from pathlib import Path
 
 from ..cli_args import (
     add_fast_path_arguments,
+    add_gaussian_arguments,
     add_guidance_arguments,
     check_device,
+    check_gaussian_flags,
     dispatch,
     fast_path_options,
     parse_kv,
@@ -67,6 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_guidance_arguments(p)
+    add_gaussian_arguments(p)
     add_fast_path_arguments(p)
     p.set_defaults(func=cmd_eval)
     return p
@@ -94,6 +97,8 @@ def summary(report: dict) -> str:
                      f" (held-out {_fmt(sub['median_heldout_to_train'])})")
         how = f"{pr['sampler']} {pr['nfe']} NFE, {pr['weights']}, " if pr.get("sampler") else ""
         how += f"{describe(pr)}, " if "guidance" in pr else ""
+        how += "analytic first step, " if pr.get("afs") else ""
+        how += f"teleport to sigma {pr['teleport']:g}, " if pr.get("teleport") is not None else ""
         how += f"n={pr['n_generated']} vs {pr.get('reference')}"
         lines.append(f"{name:<13} {text}   [{how}]")
     return "\n".join(lines)
@@ -106,6 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
     class_labels = parse_class(args.class_label)
+    check_gaussian_flags(args)
     d = distributed.setup(check_device(args.device))
     try:
         report = evaluate(args.model_or_samples, metrics=args.metrics, n=args.n, reference=args.reference,
@@ -113,7 +119,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                           device=str(d.device), inception=args.inception, sampler_options=parse_kv(args.opt, "--opt"),
                           save_reference_stats=args.save_ref_stats, progress=not args.quiet,
                           fast=fast_path_options(args), class_labels=class_labels, guidance=args.guidance,
-                          schedule=args.schedule)
+                          schedule=args.schedule, teleport=args.teleport, afs=args.afs,
+                          data_stats=args.data_stats)
         argv = getattr(args, "argv", None)
         report["command"] = " ".join(["fastdiffusion", *(argv if argv is not None else sys.argv[1:])])
         if d.is_main:

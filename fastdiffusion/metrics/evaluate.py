@@ -429,6 +429,9 @@ def evaluate(
     class_labels: int | str | Sequence[int] | None = None,
     guidance: float | None = None,
     schedule: str | None = None,
+    teleport: float | None = None,
+    afs: bool = False,
+    data_stats: Any = None,
 ) -> dict:
     """Compute `metrics` for `model_or_samples` (see the module docstring) and return a JSON-ready dict:
 
@@ -439,6 +442,9 @@ def evaluate(
     reference samples, reference set, sampler, NFE, EMA or raw, seeds, source. When generating, `n` samples (default
     1000) are made for seeds 0..n−1 unless `seeds` says otherwise; for sample files `n` takes the first n.
     A class-conditional model is sampled with `class_labels` (K, 'random' or one per seed) and `guidance` W.
+    `teleport` (sigma_T), `afs` and `data_stats` (DATA[@SPLIT], a statistics file or a `GaussianDataStats`; default:
+    the model's own, `processes.gaussian_data.resolve_data_stats`) are `sample`'s Gaussian shortcuts; the protocol
+    records them and the statistics' source.
     `warnings` lists the references that overlap the model's recorded training data.
     Under torchrun every rank returns the same dict (generation and Inception features are sharded). A model loaded
     from a path samples on the fast path (``fastpath.accelerate``; ``fast`` holds its switches, default automatic).
@@ -455,7 +461,7 @@ def evaluate(
     d = distributed.setup(str(device))
     s = load_source(model_or_samples, n, seeds, sampler, nfe, ema, batch, d.device, dict(sampler_options or {}),
                      progress and d.is_main, dict(fast or {}), {"class_labels": class_labels, "guidance": guidance},
-                     schedule)
+                     schedule, {"teleport": teleport, "afs": afs, "data_stats": data_stats})
     if len(s.x) < 4:
         raise UserError(f"evaluation needs at least 4 samples, got {len(s.x)}")
     if not torch.isfinite(s.x).all():

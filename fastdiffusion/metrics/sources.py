@@ -83,8 +83,9 @@ def _resolve_seeds(seeds: str | Sequence[int] | None, n: int | None) -> list[int
 
 def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sampler: str | None, nfe: int | None,
                  ema: bool, batch: int, device: torch.device, gen_options: dict, progress: bool, fast: dict,
-                 guidance: dict, schedule: str | None = None) -> Samples:
-    """The samples to evaluate; a model is sampled with ``guidance`` = {'class_labels': ..., 'guidance': ...}."""
+                 guidance: dict, schedule: str | None = None, gaussian: dict | None = None) -> Samples:
+    """The samples to evaluate; a model is sampled with ``guidance`` = {'class_labels': ..., 'guidance': ...} and
+    ``gaussian`` = {'teleport': sigma_T or None, 'afs': bool, 'data_stats': DATA|FILE|GaussianDataStats|None}."""
     from ..checkpoint import sha256
     from ..samplers.tuning import schedule_options
     from ..sampling import resolve_sampler
@@ -104,45 +105,68 @@ def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, samp
         if not is_model_path(p):
             if guidance["class_labels"] is not None or guidance["guidance"] is not None:
                 raise UserError(f"{p}: --class and --guidance apply when eval samples a model; this is a sample set")
+            if _gaussian_asked(gaussian):
+                raise UserError(f"{p}: --teleport, --afs and --data-stats apply when eval samples a model; this is a "
+                                f"sample set")
             x, kind, file_seeds = _read_samples_file(p)
             x = _take(x, n, str(p))
             protocol = {"source": str(p), "source_sha256": sha256(p) if p.is_file() else None, "sampler": None,
                         "nfe": None, "weights": None,
                         "seeds": format_seeds(file_seeds[: len(x)]) if file_seeds else None}
             return Samples(x, kind, protocol)
-        from ..fastpath import accelerate
+        from ..fastpath import accelerate, sampling_calls
         from ..models import load_model, resolve_model_file
+        from ..training.distributed import rank_world
 
         file = resolve_model_file(p, ema)
         model = load_model(p, ema=ema, device=device)
         sampler, nfe = resolve_sampler(model, sampler, nfe)
-        schedule_kw = schedule_options(schedule, sampler, nfe, model)  # before accelerate: the weights digest
-        model = accelerate(model, device, **fast)
+        gaussian_kw = _gaussian_options(gaussian, p, model)
+        schedule_kw = schedule_options(schedule, sampler, nfe + bool(gaussian_kw.get("afs")), model, gen_options)
+        calls = sampling_calls(len(_resolve_seeds(seeds, n)), batch, nfe, rank_world()[1])  # compile if they pay
+        model = accelerate(model, device, **fast, calls=calls)  # after schedule_options, which reads the weights digest
         source = {"source": str(p), "model_file": str(file), "model_sha256": sha256(file),
                   "weights": "ema" if ema else "raw"}
         training = run_training(p)
     else:
         model, training = obj, None
         sampler, nfe = resolve_sampler(model, sampler, nfe)
-        schedule_kw = schedule_options(schedule, sampler, nfe, model)
+        gaussian_kw = _gaussian_options(gaussian, None, model)
+        schedule_kw = schedule_options(schedule, sampler, nfe + bool(gaussian_kw.get("afs")), model, gen_options)
         source = {"source": f"in-memory {type(obj).__name__}", "weights": "ema" if ema else "raw"}
     from ..fastpath import fast_path_of
     from ..guidance import classes_for_seeds, guidance_protocol, model_label_dim
     from ..sampling import generate
 
-    source["fast_path"] = fast_path_of(model)
     seed_list = _resolve_seeds(seeds, n)
     with torch.no_grad():
         x = generate(model, seed_list, batch=batch, device=device, sampler=sampler, nfe=nfe, progress=progress,
-                     **guidance, **schedule_kw, **gen_options)
+                     **guidance, **schedule_kw, **gaussian_kw, **gen_options)
+    source["fast_path"] = fast_path_of(model)  # after sampling, whose first calls decide whether to compile
     kind = "image" if x.ndim == 4 else "points"
     protocol = {**source, "sampler": sampler, "nfe": nfe, "schedule": schedule, "seeds": format_seeds(seed_list),
                 **guidance_protocol(guidance["class_labels"], guidance["guidance"], nfe),
+                **({"teleport": gaussian_kw["teleport"], "afs": gaussian_kw["afs"],
+                    "data_stats": gaussian_kw["data_stats"].describe()} if gaussian_kw else {}),
                 **({"sampler_options": gen_options} if gen_options else {})}
     classes = classes_for_seeds(guidance["class_labels"], seed_list, model_label_dim(model))
     if classes is not None and classes.ndim == 2:  # one-hot rows
         classes = classes.argmax(1)
     return Samples(x.float().cpu(), kind, protocol, training, True, classes)
+
+
+def _gaussian_asked(gaussian: dict | None) -> bool:
+    return bool(gaussian) and (gaussian.get("teleport") is not None or bool(gaussian.get("afs"))
+                               or gaussian.get("data_stats") is not None)
+
+
+def _gaussian_options(gaussian: dict | None, path: Path | None, model: Any) -> dict:
+    """``sample``'s teleport / afs / data_stats keywords with the statistics resolved for the model; {} if unused."""
+    from ..sampling import gaussian_options
+
+    gaussian = gaussian or {}
+    return gaussian_options(gaussian.get("teleport"), bool(gaussian.get("afs")), gaussian.get("data_stats"), path,
+                            model)
 
 
 def _take(x: Tensor, n: int | None, label: str) -> Tensor:

@@ -41,7 +41,8 @@ def _tune(args: argparse.Namespace) -> None:
                 "provenance": provenance(d.device)}
     save_schedule(args.out, tuned, protocol)
     fixed = ", ".join(f"{k} {v:.4g}" for k, v in tuned.start_values.items())
-    print(f"{args.sampler} at {args.nfe} NFE: endpoint RMS {tuned.value:.4g} (starts: {fixed}; "
+    coef = "".join(f", {k} = {v:.4g}" for k, v in tuned.hyper.items())
+    print(f"{args.sampler} at {args.nfe} NFE{coef}: endpoint RMS {tuned.value:.4g} (starts: {fixed}; "
           f"{tuned.evaluations} sampler runs) -> {args.out}")
     distributed.teardown()
 
@@ -52,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tune", help="fit a sampler's noise levels to one model",
                               description="Fit the noise levels of a deterministic EDM-family sampler at a given NFE "
                               "to the model's own PF-ODE (reference: a high-accuracy Heun solve from the tuning "
-                              "noise). The JSON goes to `sample/eval/distill trajectories --schedule FILE`.")
+                              "noise), with lambda-DDIM's lam unless --opt fixes it. The JSON goes to "
+                              "`sample/eval/distill trajectories --schedule FILE`.")
     p.add_argument("model", help="a run directory, checkpoint directory or model file")
     p.add_argument("--sampler", required=True, choices=deterministic_edm_samplers())
     p.add_argument("--nfe", type=positive_int, required=True, help="network calls per sample the grid is for")

@@ -23,11 +23,6 @@ from .registry import Callback, Denoise, Noise, SamplerSpec, one_call_per_step, 
 
 Matrix = tuple[tuple[float, ...], ...]
 
-# lambda of lambda-DDIM per NFE for the karras schedule (rho = 7) on sigma in [0.002, 80], written by
-#   python -m fastdiffusion.bench.samplers --tune-lambda --out benchmarks/samplers
-# (every grid point: benchmarks/samplers/lambda_tuning.json; protocol: docs/samplers.md, "Tuned lambda").
-LAMBDA_BY_NFE: dict[int, float] = {3: -0.014, 4: -0.006, 5: -0.011, 6: -0.011, 8: -0.012, 10: -0.012, 15: -0.012,
-                                   20: -0.012, 35: -0.013, 50: -0.013, 100: -0.013}
 
 
 @dataclass(frozen=True)
@@ -113,9 +108,8 @@ def conjugate_step(coef: ConjugateCoefficients, i: int, z: Tensor, y: Tensor,
 
 
 # -- the EDM family in EDM time t = sigma, noise prediction ---------------------------------------------------------
-def tuned_lambda(nfe: int, table: dict[int, float] | None = None) -> float:
-    """lambda for ``nfe`` from ``LAMBDA_BY_NFE``: linear in ln(NFE) between entries, the nearest entry outside."""
-    table = LAMBDA_BY_NFE if table is None else table
+def tuned_lambda(nfe: int, table: dict[int, float]) -> float:
+    """lambda for ``nfe`` from a per-NFE ``table``: linear in ln(NFE) between entries, the nearest entry outside."""
     keys = sorted(table)
     if nfe <= keys[0] or nfe >= keys[-1]:
         return table[keys[0] if nfe <= keys[0] else keys[-1]]
@@ -129,11 +123,11 @@ def tuned_lambda(nfe: int, table: dict[int, float] | None = None) -> float:
 
 @torch.no_grad()
 def lambda_ddim(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None = None,
-                callback: Callback = None, lam: float | None = None) -> Tensor:
-    """lambda-DDIM: ``x_{i+1} = P_i x_i + Q_i eps_i``, ``eps_i = (x_i - D_i)/sigma_i``, B = lam (None: tuned)."""
+                callback: Callback = None, lam: float = 0.0) -> Tensor:
+    """lambda-DDIM: ``x_{i+1} = P_i x_i + Q_i eps_i``, ``eps_i = (x_i - D_i)/sigma_i``, B = lam I."""
     sig = sigmas.tolist()
     n_steps = len(sig) - 1
-    lam = tuned_lambda(n_steps) if lam is None else float(lam)
+    lam = float(lam)
     body = [s for s in sig if s > 0]
     coef = phi_coefficients(EDM_PF_ODE, body, lam)
     for i in range(n_steps):
@@ -153,7 +147,8 @@ def conjugate_ddim(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise
 
 
 register(SamplerSpec("lambda-ddim", lambda_ddim, one_call_per_step,
-                     "conjugate integrator with B = lam I (Pandey et al. 2024) in EDM time; lam tuned per NFE",
-                     hyper={"lam": None}))
+                     "conjugate integrator with B = lam I (Pandey et al. 2024) in EDM time; lam = 0 (DDIM) unless "
+                     "given or fitted to the model (`fastdiffusion tune --sampler lambda-ddim`)",
+                     hyper={"lam": 0.0}))
 register(SamplerSpec("conjugate-ddim", conjugate_ddim, one_call_per_step,
                      "conjugate integrator with B = 0: DDIM step by step, through the conjugate core"))

@@ -1,7 +1,6 @@
 """Noise-level discretisations: each returns ``n`` decreasing sigmas from sigma_max to sigma_min, then a final 0.
 
-``tuned`` (``fastdiffusion.samplers.tuned``) is the one schedule that depends on the sampler: pass ``sampler`` to
-``make_sigmas`` to get that sampler's optimised grid.
+A grid fitted to one model comes from ``fastdiffusion.samplers.tuning`` (``fastdiffusion tune``), not from here.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .tuned import tuned
 
 
 def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
@@ -36,13 +34,11 @@ def quadratic(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> T
     return karras(n, sigma_min, sigma_max, 2.0)
 
 
-SCHEDULES = {"karras": karras, "logsnr": log_snr, "time-uniform": time_uniform, "quadratic": quadratic,
-             "tuned": tuned}
+SCHEDULES = {"karras": karras, "logsnr": log_snr, "time-uniform": time_uniform, "quadratic": quadratic}
 
 
-def make_sigmas(schedule: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
-                sampler: str | None = None) -> Tensor:
-    """``n`` sigmas of ``schedule`` followed by 0 (length n + 1, float64); ``sampler`` picks the ``tuned`` table."""
+def make_sigmas(schedule: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """``n`` sigmas of ``schedule`` followed by 0 (length n + 1, float64)."""
     if schedule not in SCHEDULES:
         raise UserError(f"unknown schedule '{schedule}': choose one of {', '.join(SCHEDULES)}")
     if n < 1:
@@ -51,8 +47,6 @@ def make_sigmas(schedule: str, n: int, sigma_min: float, sigma_max: float, rho: 
         raise UserError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if n == 1:  # one step goes straight from sigma_max to 0
         sigmas = torch.tensor([sigma_max], dtype=torch.float64)
-    elif schedule == "tuned":
-        sigmas = tuned(n, sigma_min, sigma_max, rho, sampler=sampler)
     else:
         sigmas = SCHEDULES[schedule](n, sigma_min, sigma_max, rho)
     return torch.cat([sigmas, sigmas.new_zeros(1)])

@@ -32,6 +32,10 @@ from .schedules import make_sigmas
 REFERENCE_NFE = 127  # Heun, 64 steps on the Karras grid: the tuning target
 MIN_STEP = 0.01  # smallest log-sigma decrement, as a fraction of ln(sigma_max / sigma_min)
 START_SCHEDULES = ("karras", "logsnr")
+# Sampler coefficients fitted with the levels unless given, each with its unit in the search (lambda-DDIM's lam is
+# in 1/sigma: 0.01 moves a 4-step solve visibly), and the first simplex step in those units.
+FITTED = {"lam": 0.01}
+SIMPLEX_STEP = 0.25
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,11 @@ def logits_from_levels(levels: Tensor, lo: float, hi: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TunedSchedule:
-    """A tuned grid (descending, ending in 0) with its objective before and after refinement and its starts."""
+    """A tuned grid (descending, ending in 0) and the fitted sampler coefficients (``hyper``), with its objective
+    before and after refinement and its starts."""
 
     sigmas: Tensor
+    hyper: dict[str, float]
     value: float
     start: str
     start_values: dict[str, float]
@@ -128,7 +134,8 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
                  **hyper: object) -> TunedSchedule:
     """Fit the noise levels of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``: the endpoint RMS
     to ``reference`` (default: ``reference_solve``), from the best of the DP grid and the Karras / log-SNR grids,
-    refined by Nelder-Mead within ``max_evals`` sampler runs. Tuning calls are not the sampler's NFE."""
+    refined by Nelder-Mead within ``max_evals`` sampler runs, together with the sampler's ``FITTED`` coefficients
+    that ``hyper`` does not fix (from their defaults). Tuning calls are not the sampler's NFE."""
     spec = get_sampler(sampler)
     if spec.family != "edm" or model_family(model, process) != "edm":
         raise UserError(f"tune: schedules are tuned for EDM-family models and samplers, not a "
@@ -138,31 +145,42 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
     steps = spec.steps(nfe)
     lo, hi = sampling_range(model, process)
     ref = reference or reference_solve(model, noise, process=process, class_labels=class_labels)
+    free = {k: float(spec.hyper[k]) for k in FITTED if k in spec.hyper and k not in hyper}
     evaluations = 0
 
-    def objective(levels: Tensor) -> float:
+    def objective(levels: Tensor, coef: dict[str, float]) -> float:
         nonlocal evaluations
         evaluations += 1
         grid = torch.cat([levels, levels.new_zeros(1)])
         out = sample(model, noise, sampler=sampler, nfe=nfe, sigmas=grid, process=process,
-                     class_labels=class_labels, **hyper)
+                     class_labels=class_labels, **hyper, **coef)
         err = float((out - ref.endpoint).float().square().mean().sqrt())
         return err if math.isfinite(err) else math.inf
 
     starts = {name: make_sigmas(name, steps, lo, hi)[:-1] for name in START_SCHEDULES}
     if steps >= 2:
         starts["dp"] = dp_grid(ref, steps)
-    start_values = {name: objective(levels) for name, levels in starts.items()}
+    start_values = {name: objective(levels, free) for name, levels in starts.items()}
     start = min(start_values, key=start_values.__getitem__)
-    best_levels, best = starts[start], start_values[start]
-    if steps >= 3 and max_evals > len(starts):
-        result = minimize(lambda z: objective(levels_from_logits(z, lo, hi)), logits_from_levels(best_levels, lo, hi),
-                          method="Nelder-Mead",
-                          options={"maxfev": max_evals - len(starts), "xatol": 1e-3, "fatol": 1e-6})
+    best_levels, best, best_coef = starts[start], start_values[start], free
+    n_z = steps - 2 if steps >= 3 else 0
+
+    def unpack(p: np.ndarray) -> tuple[Tensor, dict[str, float]]:
+        levels = levels_from_logits(p[:n_z], lo, hi) if n_z else best_levels
+        return levels, {k: float(v) * FITTED[k] for k, v in zip(free, p[n_z:], strict=True)}
+
+    x0 = np.concatenate([logits_from_levels(best_levels, lo, hi) if n_z else [],
+                         [v / FITTED[k] for k, v in free.items()]])
+    if len(x0) and max_evals > len(starts):
+        # Coefficients start at their defaults, often 0, where Nelder-Mead's own first step would be ~1e-4 of a unit.
+        simplex = np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))]) if free else None
+        result = minimize(lambda p: objective(*unpack(p)), x0, method="Nelder-Mead",
+                          options={"maxfev": max_evals - len(starts), "xatol": 1e-3, "fatol": 1e-6,
+                                   "initial_simplex": simplex})
         if result.fun < best:
-            best_levels, best = levels_from_logits(result.x, lo, hi), float(result.fun)
+            (best_levels, best_coef), best = unpack(result.x), float(result.fun)
     sigmas = torch.cat([best_levels, best_levels.new_zeros(1)])
-    return TunedSchedule(sigmas, best, start, start_values, evaluations)
+    return TunedSchedule(sigmas, best_coef, best, start, start_values, evaluations)
 
 
 def tune_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, **options: object) -> Tensor:
@@ -187,14 +205,16 @@ def model_digest(model: Callable) -> str | None:
 
 def save_schedule(path: str | Path, tuned: TunedSchedule, protocol: dict) -> None:
     """The grid and its protocol (model digest, sampler, NFE, tuning seeds, objective, value) as a small JSON."""
-    atomic_write_json(Path(path), {"sigmas": tuned.sigmas.tolist(), "value": tuned.value, "start": tuned.start,
+    atomic_write_json(Path(path), {"sigmas": tuned.sigmas.tolist(), "hyper": tuned.hyper, "value": tuned.value,
+                                   "start": tuned.start,
                                    "start_values": tuned.start_values, "evaluations": tuned.evaluations,
                                    "protocol": protocol})
 
 
-def load_schedule(path: str | Path, sampler: str, nfe: int, model: Callable | None = None) -> Tensor:
-    """The grid of a saved schedule, after checking it was tuned for ``sampler`` at ``nfe`` (and warning when it was
-    tuned on another model)."""
+def load_schedule(path: str | Path, sampler: str, nfe: int, model: Callable | None = None
+                  ) -> tuple[Tensor, dict[str, float]]:
+    """The grid and fitted coefficients of a saved schedule, after checking it was tuned for ``sampler`` at ``nfe``
+    (and warning when it was tuned on another model)."""
     try:
         obj = json.loads(Path(path).read_text())
         sigmas, protocol = obj["sigmas"], obj["protocol"]
@@ -207,12 +227,14 @@ def load_schedule(path: str | Path, sampler: str, nfe: int, model: Callable | No
     if digest is not None and protocol.get("model_sha256") not in (None, digest):
         print(f"warning: --schedule {path} was tuned on another model (weights sha256 "
               f"{str(protocol.get('model_sha256'))[:12]}…)", file=sys.stderr)
-    return torch.tensor(sigmas, dtype=torch.float64)
+    return torch.tensor(sigmas, dtype=torch.float64), dict(obj.get("hyper") or {})
 
 
-def schedule_options(schedule: str | None, sampler: str, nfe: int, model: Callable | None = None) -> dict:
+def schedule_options(schedule: str | None, sampler: str, nfe: int, model: Callable | None = None,
+                     given: dict | None = None) -> dict:
     """``sample`` keywords for ``--schedule``: ``{'schedule': NAME}`` for a schedule name (or None: the sampler's),
-    ``{'sigmas': grid}`` for a file written by ``fastdiffusion tune``."""
+    ``{'sigmas': grid, **fitted coefficients}`` for a file written by ``fastdiffusion tune`` (less those ``given``
+    as sampler options, which win)."""
     from .schedules import SCHEDULES
 
     if schedule is None or schedule in SCHEDULES:
@@ -220,4 +242,5 @@ def schedule_options(schedule: str | None, sampler: str, nfe: int, model: Callab
     if not Path(schedule).is_file():
         raise UserError(f"--schedule {schedule}: neither a schedule ({', '.join(SCHEDULES)}) nor a schedule file "
                         f"from `fastdiffusion tune`")
-    return {"sigmas": load_schedule(schedule, sampler, nfe, model)}
+    sigmas, fitted = load_schedule(schedule, sampler, nfe, model)
+    return {"sigmas": sigmas, **{k: v for k, v in fitted.items() if k not in (given or {})}}

@@ -87,9 +87,12 @@ class TrainConfig:
     fault_limit: int = setting(5, "non-finite steps in a row (they are skipped) that trigger --on-faults")
     on_faults: str = setting("rollback", "rollback (to the newest checkpoint with half the learning rate) | abort")
     max_rollbacks: int = setting(3, "roll-backs before the run stops")
-    precision: str = setting("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
+    precision: str = setting("auto", "auto (bf16 autocast on GPUs of compute capability 8.0 or later, else fp32) | "
+                             "fp32 | bf16")
     channels_last: bool | None = setting(None, "channels_last memory layout (default: on for image networks on CUDA)")
-    compile: bool | None = setting(None, "torch.compile the training step's model (default: on for CUDA)")
+    compile: bool | None = setting(None, "torch.compile the training step's model (default: on a GPU of compute "
+                                   "capability 7.0 or later once a timed eager step shows the run's remaining "
+                                   "steps pay for the compile time; see fastdiffusion.fastpath)")
     compile_options: dict[str, Any] = setting({}, "Inductor option KEY=VALUE for --compile, repeatable: e.g. "
                                               "max_autotune=true")
     cudnn_benchmark: bool | None = setting(None, "cuDNN autotuning of convolution algorithms (default: on for CUDA)")

@@ -41,7 +41,7 @@ from ..checkpoint import (
 from ..data import Dataset, Fetched, load_dataset, random_hflip, uint8_to_float
 from ..data.loader import BatchLoader, auto_workers
 from ..errors import UserError
-from ..fastpath import FastPath
+from ..fastpath import CompileRule, FastPath, cache_is_warm, compile_key, mark_warm, module_count, use_compile_cache
 from ..models import ProcessModel, load_model, model_meta
 from ..nets import build_net, net_config
 from ..plots import plot_loss, save_samples
@@ -195,6 +195,7 @@ class StepLoop:
     rate_key = "img_per_s"
     fault_run = 0  # non-finite steps since the last log interval without any
     run_log: RunLog | None = None  # the main rank's, while the loop runs
+    bar: tqdm | None = None  # the progress bar, while the loop runs
 
     def on_faults(self, n_bad: int) -> bool:
         """Handle ``n_bad`` non-finite steps in a row; True if the state was rolled back."""
@@ -207,8 +208,8 @@ class StepLoop:
         cfg, main = self.cfg, self.dist.is_main
         if main:
             self.run_log = RunLog(self.run_dir, cfg.logger, self.step)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, disable=self.quiet or not main,
-                   dynamic_ncols=True)
+        bar = self.bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, disable=self.quiet or not main,
+                              dynamic_ncols=True)
         zero = torch.zeros((), device=self.dist.device)
         loss_sum, bad_sum = zero.clone(), zero.clone()
         n_sum, t0 = 0, time.perf_counter()
@@ -295,7 +296,7 @@ class Trainer(StepLoop):
                                      compile=cfg.compile, cudnn_benchmark=cfg.cudnn_benchmark,
                                      image=self.data.kind == "image")
         self.fast.apply_backend()
-        self.bf16, self.channels_last, self.compiled = self.fast.bf16, self.fast.channels_last, self.fast.compile
+        self.bf16, self.channels_last = self.fast.bf16, self.fast.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model)
@@ -345,8 +346,12 @@ class Trainer(StepLoop):
             # Gradients as views into the buckets: no copy of every gradient into its bucket before the all-reduce.
             self.ddp = DistributedDataParallel(self.model, device_ids=[dev] if dev.type == "cuda" else None,
                                                gradient_as_bucket_view=True, **bucket)
-        if self.compiled:
-            self.ddp = torch.compile(self.ddp, options=cfg.compile_options or None)
+        self.compile_rule: CompileRule | None = None
+        self.compiling = False  # the next step is the first compiled one
+        if self.fast.compile and cfg.compile is None:  # automatic: compiled once the remaining steps pay for it
+            self.compile_rule = CompileRule(cfg.steps - self.step, dev, module_count(self.model.net), training=True)
+        elif self.fast.compile:
+            self._compile()
         if self.dist.is_main:
             atomic_write_json(self.run_dir / "config.json", cfg.to_json())
             if not self.quiet:
@@ -484,8 +489,40 @@ class Trainer(StepLoop):
         save_samples(out, path, reference=self.data.x[:4000] if self.data.kind == "points" else None)
 
     # -- the loop --------------------------------------------------------------------------------------------------
+    def _compile(self) -> None:
+        use_compile_cache()
+        self.ddp = torch.compile(self.ddp, options=self.cfg.compile_options or None)
+        self.compiling = True
+
+    def _compile_key(self) -> str:
+        cfg, world = self.cfg, self.dist.world_size
+        chunk = (cfg.batch // world // cfg.accum, *self.data.shape)
+        return compile_key(self.model, self.dist.device, "training", chunk, self.label_dim, self.fast, world,
+                           cfg.process, cfg.process_options, cfg.compile_options)
+
+    def _follow_compile_rule(self, rule: CompileRule) -> None:
+        """After an eager step of a run that compiles automatically: compile for the rest of the run once the rule
+        decides that it pays (every rank follows rank 0, whose timing may differ)."""
+        decision = rule.decide(lambda: cache_is_warm(self._compile_key()))
+        if decision.compile is None:
+            return
+        self.compile_rule, compile_now = None, decision.compile
+        if self.dist.world_size > 1:
+            flag = torch.tensor(float(compile_now), device=self.dist.device)
+            dist.broadcast(flag, 0)
+            compile_now = bool(flag.item())
+        if self.dist.is_main and not self.quiet:
+            tqdm.write(f"compile: {'on' if compile_now else 'off'}: {decision.why}")
+        if compile_now:
+            self._compile()
+
     def train_step(self) -> tuple[Tensor, Tensor]:
         cfg, world = self.cfg, self.dist.world_size
+        rule, compiling = self.compile_rule, self.compiling
+        if compiling and self.bar is not None:
+            self.bar.set_postfix_str("compiling")
+        if rule is not None:
+            rule.start()
         for g in self.opt.param_groups:
             g["lr"] = self.lr_scale * cfg.lr * min((self.step + 1) / max(cfg.lr_warmup, 1), 1.0)
         per_rank = cfg.batch // world
@@ -507,6 +544,14 @@ class Trainer(StepLoop):
         self.step += 1
         bad = guarded_update(self.model, self.opt, self.ema, total, cfg.grad_clip,
                              ema_beta(cfg.batch, self.step * cfg.batch, cfg.ema_halflife_kimg, cfg.ema_rampup))
+        if rule is not None:
+            rule.stop()
+            self._follow_compile_rule(rule)
+        if compiling:
+            self.compiling = False
+            mark_warm(self._compile_key())
+            if self.bar is not None:
+                self.bar.set_postfix_str("")
         return torch.where(bad > 0, torch.zeros_like(total), total), bad
 
     def on_faults(self, n_bad: int) -> bool:

@@ -1,0 +1,348 @@
+"""Issue 21: what the first samples of a job cost with and without torch.compile, and the numbers behind
+``fastpath.COMPILE_COSTS``.
+
+1. **cli**: trains a small model (``fastdiffusion train --steps 20 --no-compile``), then times
+   ``python -m fastdiffusion.cli sample RUN --seeds 0-63 --sampler heun --nfe 35`` in fresh processes: ``--no-compile``;
+   ``--compile`` with an empty Inductor cache (cold), then again on the cache it left (warm); the automatic default
+   with an empty cache and on the warm one. With ``--prev-src DIR`` the previous source tree's default runs too, cold
+   and warm (``PYTHONPATH=DIR``). Each run records its process wall time, the time in ``fastdiffusion.cli.main``, the
+   time in ``generate`` and the fast path the model sampled with (the compile decision and its numbers).
+2. **big**: the same for a job of ``--big-seeds``: no compile, forced compile, then automatic on the cache the forced
+   run left (and the small job's ``--compile`` runs before it): the automatic rule should compile where it pays.
+3. **measure**: per network (``NET:BATCH:RES:CHANNELS``), in fresh processes with an empty cache, then on the cache it
+   left: the sampling network (bf16, channels_last, CUDA graphs on a GPU) eager and compiled. The compile cost is the
+   first three compiled calls (compile, CUDA-graph warm-up and recording) less three steady compiled calls; the
+   speed-up is eager over compiled seconds per call (medians).
+4. **train**: the same for a training step of ``--train-net`` on ``--data`` at ``--batch``.
+
+The summary fits ``CompileCosts``: per cache state the line through the networks' (modules, compile seconds), the
+smallest speed-up, and the training cost factor and step speed-up.
+
+    PYTHONPATH=$PWD python benchmarks/perf/first_samples.py --out results/first_samples.json [--prev-src DIR]
+    # on the CPU, in minutes:
+    PYTHONPATH=$PWD python benchmarks/perf/first_samples.py --device cpu --net ddpmpp-tiny --data digits16 \\
+        --seeds 0-3 --nfe 3 --train-steps 2 --big-seeds 0-7 --measure ddpmpp-tiny:4:16:1 --train-net ddpmpp-tiny \\
+        --batch 8 --calls 3 --out /tmp/first_samples.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTS = ("cli", "measure", "train", "big")  # in the order they run
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], object], device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------ workers (fresh processes)
+
+
+def worker_cli(out: Path, argv: list[str]) -> None:
+    """``fastdiffusion.cli.main(argv)`` with its import, main and ``generate`` times and the model's fast path."""
+    t0 = time.perf_counter()
+    import fastdiffusion.cli as cli
+    import fastdiffusion.fastpath as fastpath
+    import fastdiffusion.sampling as sampling
+
+    import_s = time.perf_counter() - t0
+    found: dict = {}
+    real_generate, real_accelerate = sampling.generate, fastpath.accelerate
+
+    def generate(*args, **kwargs):  # cmd_sample imports it from the module at call time
+        _sync(str(kwargs.get("device", "cpu")))
+        t = time.perf_counter()
+        x = real_generate(*args, **kwargs)
+        _sync(str(kwargs.get("device", "cpu")))
+        found["generate_s"] = time.perf_counter() - t
+        return x
+
+    def accelerate(model, *args, **kwargs):
+        found["model"] = real_accelerate(model, *args, **kwargs)
+        return found["model"]
+
+    sampling.generate, fastpath.accelerate = generate, accelerate
+    t0 = time.perf_counter()
+    rc = cli.main(argv)
+    result = {"rc": rc, "import_s": import_s, "main_s": time.perf_counter() - t0,
+              "generate_s": found.get("generate_s"),
+              "fast_path": fastpath.fast_path_of(found["model"]) if "model" in found else None}
+    out.write_text(json.dumps(result))
+
+
+def worker_measure(out: Path, spec: str, calls: int, device: str) -> None:
+    """Seconds per call of a sampling network eager and compiled, and the compile cost (see the module docstring)."""
+    import copy
+
+    import torch
+
+    from fastdiffusion.fastpath import accelerate, module_count
+    from fastdiffusion.models import build_model
+    from fastdiffusion.nets import net_config
+    from fastdiffusion.processes import make_process
+
+    net, batch, res, ch = spec.split(":")
+    batch, res, ch = int(batch), int(res), int(ch)
+    torch.manual_seed(0)
+    meta = {"process": make_process("edm").config(), "data_shape": [ch, res, res],
+            "net": net_config(net, img_resolution=res, in_channels=ch, out_channels=ch)}
+    eager = build_model(meta).to(device).eval()
+    compiled = copy.deepcopy(eager)
+    modules, params = module_count(eager.net), sum(p.numel() for p in eager.net.parameters())
+    accelerate(eager, device, compile=False)
+    accelerate(compiled, device, compile=True)
+    x = torch.randn(batch, ch, res, res, device=device)
+    c_noise = torch.full((batch,), 0.25, device=device)
+
+    def call(model) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return model.net(x, c_noise)
+
+        return run
+
+    _timed(call(eager), device)  # cuDNN's algorithm search
+    eager_s = statistics.median(_timed(call(eager), device) for _ in range(calls))
+    first = [_timed(call(compiled), device) for _ in range(3)]
+    compiled_s = statistics.median(_timed(call(compiled), device) for _ in range(calls))
+    out.write_text(json.dumps({"spec": spec, "modules": modules, "params": params, "eager_s": eager_s,
+                               "first_compiled_calls_s": first, "compiled_s": compiled_s,
+                               "compile_s": sum(first) - 3 * compiled_s, "speedup": eager_s / compiled_s}))
+
+
+def worker_train(out: Path, net: str, data: str, batch: int, calls: int, device: str) -> None:
+    """Seconds per training step eager and compiled, and the compile cost of the step."""
+    import torch
+
+    from fastdiffusion.fastpath import module_count, use_compile_cache
+    from fastdiffusion.training.config import TrainConfig
+    from fastdiffusion.training.loop import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(run_dir=tmp, data=data, net=net, batch=batch, steps=10**6, compile=False, device=device,
+                          ckpt_every=10**6, log_every=10**6)
+        trainer = Trainer(cfg, quiet=True)
+        try:
+            step = trainer.train_step
+            for _ in range(2):  # cuDNN's algorithm search, Adam's state
+                _timed(step, device)
+            eager_s = statistics.median(_timed(step, device) for _ in range(calls))
+            use_compile_cache()
+            trainer.ddp = torch.compile(trainer.ddp)  # what --compile does
+            first = [_timed(step, device) for _ in range(3)]
+            compiled_s = statistics.median(_timed(step, device) for _ in range(calls))
+            modules = module_count(trainer.model.net)
+        finally:
+            trainer.close()
+    out.write_text(json.dumps({"net": net, "data": data, "batch": batch, "modules": modules, "eager_s": eager_s,
+                               "first_compiled_steps_s": first, "compiled_s": compiled_s,
+                               "compile_s": sum(first) - 3 * compiled_s, "speedup": eager_s / compiled_s}))
+
+
+# ------------------------------------------------------------------------------------------------- the driver
+
+
+def child(args: argparse.Namespace, worker: list[str], cache: Path, src: Path = ROOT) -> dict:
+    """Run a worker in a fresh process with Inductor's cache at ``cache`` and ``src`` first on the path."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = Path(f.name)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", *worker[:1], str(out), *worker[1:]], env=env,
+                              capture_output=True, text=True, timeout=args.child_timeout)
+        rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-1500:]
+    except subprocess.TimeoutExpired:
+        rc, tail = "timeout", ""
+    wall = time.perf_counter() - t0
+    result = json.loads(out.read_text()) if out.stat().st_size else {}
+    out.unlink()
+    return {"wall_s": wall, **result, **({} if rc == 0 else {"error": {"rc": rc, "output": tail}})}
+
+
+def cli_runs(args: argparse.Namespace, run: Path, work: Path, seeds: str, tag: str) -> list[tuple[str, list, Path]]:
+    """(label, flags, cache dir) of the sample runs, in the order they must run (a warm run after its cold one)."""
+    fresh = work / "cache-cli-compile"  # the big job's runs share the cache of the small job's --compile runs
+    sample = ["sample", str(run), "--seeds", seeds, "--sampler", args.sampler, "--nfe", str(args.nfe), "--device",
+              args.device, "--out", str(work / f"{tag}.npz"), "--quiet"]
+    if tag == "big":
+        return [("big no-compile", [*sample, "--no-compile"], work / "cache-unused"),
+                ("big compile", [*sample, "--compile"], fresh),
+                ("big auto (after big compile)", sample, fresh)]
+    return [("no-compile", [*sample, "--no-compile"], work / "cache-unused"),
+            ("compile, cold cache", [*sample, "--compile"], work / "cache-cli-compile"),
+            ("compile, warm cache", [*sample, "--compile"], work / "cache-cli-compile"),
+            ("auto, cold cache", sample, work / "cache-cli-auto"),
+            ("auto, warm cache (after --compile)", sample, work / "cache-cli-compile")]
+
+
+def line_fit(points: list[tuple[int, float]]) -> dict:
+    """Seconds = base + per_module x modules through the points (a single point: through the origin)."""
+    if len(points) < 2:
+        (m, c), = points
+        return {"base_s": 0.0, "per_module_s": c / m}
+    (m1, c1), (m2, c2) = points[0], points[-1]
+    per = (c2 - c1) / (m2 - m1)
+    return {"base_s": c1 - per * m1, "per_module_s": per}
+
+
+def suggest(results: dict) -> dict:
+    """The ``CompileCosts`` fields these measurements give (see its docstring)."""
+    out: dict = {}
+    rows = [r for r in results.get("measure", []) if "error" not in r]
+    for state in ("cold", "warm"):
+        points = sorted((r["modules"], r["compile_s"]) for r in rows if r["cache"] == state)
+        if points:
+            fit = line_fit(points)
+            out[f"{state}_s"], out[f"{state}_per_module_s"] = fit["base_s"], fit["per_module_s"]
+    if rows:
+        out["speedup"] = min(r["speedup"] for r in rows)
+    train = [r for r in results.get("train", []) if "error" not in r]
+    if train:
+        out["training_speedup"] = min(r["speedup"] for r in train)
+    for step in (r for r in train if r["cache"] == "cold"):
+        for call in (r for r in rows if r["cache"] == "cold" and r["spec"].split(":")[0] == step["net"]):
+            out["training_factor"] = step["compile_s"] / call["compile_s"]
+    return out
+
+
+def summary(results: dict) -> str:
+    lines = []
+    for key in ("cli", "big"):
+        for r in results.get(key, []):
+            fp = r.get("fast_path") or {}
+            decision = fp.get("compile_decision", {}).get("why", "")
+            gen = r.get("generate_s")
+            lines.append(f"{r['label']:<36} generate {gen if gen is None else f'{gen:7.2f} s'}  "
+                         f"main {r.get('main_s', float('nan')):7.2f} s  process {r['wall_s']:7.2f} s  compiled "
+                         f"{fp.get('compile')}{'  ' + decision if decision else ''}{'  ERROR' if 'error' in r else ''}")
+    for key in ("measure", "train"):
+        for r in results.get(key, []):
+            if "error" in r:
+                lines.append(f"{key} {r.get('spec', r.get('net'))} {r['cache']}: ERROR {r['error']}")
+                continue
+            lines.append(f"{key} {r.get('spec', r.get('net'))} ({r['modules']} modules) {r['cache']}: eager "
+                         f"{r['eager_s'] * 1e3:.2f} ms, compiled {r['compiled_s'] * 1e3:.2f} ms (x{r['speedup']:.2f}), "
+                         f"compile {r['compile_s']:.1f} s")
+    if results.get("suggested_costs"):
+        lines.append("suggested CompileCosts: " + ", ".join(f"{k}={v:.4g}" for k, v in
+                                                              sorted(results["suggested_costs"].items())))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="result JSON (rewritten after every run)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    p.add_argument("--net", default="ddpmpp-small", help="network of the trained model (cli, big)")
+    p.add_argument("--data", default="digits32")
+    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=64, help="training batch (the model, and the train part)")
+    p.add_argument("--seeds", default="0-63")
+    p.add_argument("--big-seeds", default="0-4095")
+    p.add_argument("--sampler", default="heun")
+    p.add_argument("--nfe", type=int, default=35)
+    p.add_argument("--prev-src", type=Path, default=os.environ.get("PREV_SRC") or None,
+                   help="a previous source tree whose default runs too (default: $PREV_SRC)")
+    p.add_argument("--measure", default="ddpmpp-small:64:32:1,ddpmpp-cifar10:1024:32:3",
+                   help="networks to measure, NET:BATCH:RESOLUTION:CHANNELS, comma-separated")
+    p.add_argument("--train-net", default="ddpmpp-small")
+    p.add_argument("--calls", type=int, default=20, help="timed calls (steps) for each median")
+    p.add_argument("--work", type=Path, default=None, help="work directory (default: a new temporary one)")
+    p.add_argument("--child-timeout", type=float, default=300.0)
+    args = p.parse_args()
+    parts = [s for s in args.parts.split(",") if s]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"--parts: unknown {', '.join(sorted(unknown))}")
+    work = args.work or Path(tempfile.mkdtemp(prefix="first_samples-"))
+    from fastdiffusion.bench.provenance import provenance
+    from fastdiffusion.checkpoint import atomic_write_json
+
+    results: dict = {**provenance(args.device),
+                     "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+
+    def save() -> None:
+        results["suggested_costs"] = suggest(results)
+        atomic_write_json(args.out, results)
+
+    run = work / "run"
+    if {"cli", "big"} & set(parts) and not (run / "config.json").is_file():
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "fastdiffusion.cli", "train", "--data", args.data, "--net", args.net,
+                        "--steps", str(args.train_steps), "--batch", str(args.batch), "--no-compile", "--device",
+                        args.device, "--run-dir", str(run), "--ckpt-every", str(args.train_steps), "--grid-images",
+                        "16", "--quiet"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        results["train_model_s"] = time.perf_counter() - t0
+
+    def sample_runs(tag: str, seeds: str) -> None:
+        runs = cli_runs(args, run, work, seeds, tag)
+        if tag == "cli" and args.prev_src:
+            prev = [f for f in runs[0][1] if f != "--no-compile"]
+            runs += [("previous default, cold cache", prev, work / "cache-prev"),
+                     ("previous default, warm cache", prev, work / "cache-prev")]
+        for label, argv, cache in runs:
+            src = args.prev_src.resolve() if label.startswith("previous") else ROOT
+            results.setdefault(tag, []).append({"label": label, "argv": argv, "source": str(src),
+                                                **child(args, ["cli", "--", *argv], cache, src)})
+            save()
+
+    if "cli" in parts and args.seeds:  # first what matters most, should the device time run out
+        sample_runs("cli", args.seeds)
+    if "measure" in parts:
+        for spec in args.measure.split(","):
+            cache = work / f"cache-measure-{spec.replace(':', '-')}"
+            for state in ("cold", "warm"):
+                results.setdefault("measure", []).append(
+                    {"cache": state, "spec": spec,
+                     **child(args, ["measure", spec, str(args.calls), args.device], cache)})
+                save()
+    if "train" in parts:
+        cache = work / "cache-train"
+        for state in ("cold", "warm"):
+            results.setdefault("train", []).append(
+                {"cache": state, **child(args, ["train", args.train_net, args.data, str(args.batch), str(args.calls),
+                                                args.device], cache)})
+            save()
+    if "big" in parts and args.big_seeds:
+        sample_runs("big", args.big_seeds)
+    save()
+    print(summary(results))
+    print(f"-> {args.out} (work: {work})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        kind, out, rest = sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
+        if kind == "cli":
+            worker_cli(out, rest[1:])  # after "--"
+        elif kind == "measure":
+            worker_measure(out, rest[0], int(rest[1]), rest[2])
+        else:
+            worker_train(out, rest[0], rest[1], int(rest[2]), int(rest[3]), rest[4])
+    else:
+        main()
