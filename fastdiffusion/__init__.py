@@ -3,7 +3,7 @@
     import fastdiffusion as fd
     model = fd.load_model("runs/demo")                       # a run dir, checkpoint dir or .safetensors file
     x = fd.sample(model, torch.randn(16, *model.data_shape), sampler="heun", nfe=35)
-    fd.accelerate(model.cuda())                              # GPU fast path: bf16, channels_last, CUDA graphs
+    fd.accelerate(model.cuda())                              # GPU fast path: bf16, channels_last, compile if it pays
 """
 
 from .errors import UserError

@@ -51,7 +51,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     runs = {}
-    for name, switches in (("eager_fp32", EAGER_FP32), ("fast", {})):
+    for name, switches in (("eager_fp32", EAGER_FP32), ("fast", {"compile": True})):
         model = accelerate(load_model(args.model, device=device), device, **switches)
         x, seconds = draw(model, args, device)
         runs[name] = {"switches": fast_path_of(model), "samples": x, "seconds": seconds}
