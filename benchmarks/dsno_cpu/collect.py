@@ -53,18 +53,25 @@ def main() -> None:
     times = {p.stem: round(float(p.read_text()), 1) for p in sorted(out.glob("*.time"))}
     traj = TrajectorySet(out / "traj")
     _, x = traj.rows(range(len(traj)))
-    student = load_model(out / "student" / "student.safetensors")
     seeds = parse_seeds("100000-100999")
-    samples = generate(student, seeds, batch=256, sampler="dsno", nfe=1, progress=False)
-    teacher, stud = fd(out / "eval_teacher.json"), fd(out / "eval_student.json")
+    teacher = fd(out / "eval_teacher.json")
+
+    def student(name: str) -> dict:
+        samples = generate(load_model(out / name / "student.safetensors"), seeds, batch=256, sampler="dsno", nfe=1,
+                           progress=False)
+        got = fd(out / f"eval_{name}.json")
+        return {**got, "spread_grey": spread(samples), "ratio_to_teacher_fd": got["fd_digits"] / teacher["fd_digits"],
+                "train_seconds": times.get(name.replace("student", "train")),
+                "config": json.loads((out / name / "config.json").read_text()),
+                "collapse_checks": checks(out / name / "log.jsonl")}
+
+    variants = sorted(p.parent.name for p in out.glob("student_*/student.safetensors"))
     result = {
         **provenance("cpu"),
         "teacher": {"run": args.teacher, **teacher, "spread_grey": spread(x[:, 0])},
         "trajectories": {k: traj.manifest[k] for k in ("sampler", "nfe", "times", "grid", "num_seeds", "sigmas")},
-        "student": {**stud, "spread_grey": spread(samples),
-                    "ratio_to_teacher_fd": stud["fd_digits"] / teacher["fd_digits"],
-                    "config": json.loads((out / "student" / "config.json").read_text()),
-                    "collapse_checks": checks(out / "student" / "log.jsonl")},
+        "student": student("student"),
+        "variants": {name: student(name) for name in variants},
         "wall_seconds": {**times, "trajectories_plus_training": round(times["traj"] + times["train"], 1)},
         "threads": "OMP_NUM_THREADS=1 on a 2-core machine shared with other jobs",
     }
@@ -73,11 +80,13 @@ def main() -> None:
         old_samples = generate(old, seeds, batch=256, sampler="dsno", nfe=1, progress=False)
         result["before_fix"] = {**fd(args.before_fix_eval), "spread_grey": spread(old_samples),
                                 "student_process": old.process.name,
-                                "note": "the same trajectories and training command before the fix of the FDM "
-                                        "student's input scale (fastdiffusion/distill/student.py student_process)"}
+                                "note": "the same trajectory settings and training command (without --ckpt-every) "
+                                        "before the fix of the FDM student's input scale "
+                                        "(fastdiffusion/distill/student.py student_process)"}
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("teacher", "wall_seconds")}, indent=1))
-    print({k: result["student"][k] for k in ("fd_digits", "spread_grey", "ratio_to_teacher_fd")})
+    for name, st in {"student": result["student"], **result["variants"]}.items():
+        print(name, {k: st[k] for k in ("fd_digits", "spread_grey", "ratio_to_teacher_fd", "train_seconds")})
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ Training: Adam with linear warm-up, EMA with a half-life in images, bf16 autocas
 step's random rows are drawn for the global batch from one shared generator and each rank takes its part), atomic
 checkpoints with ``--resume``. Every checkpoint's ``ema.safetensors`` is a model file that ``load_model`` reads, and
 ``run_dir/student.safetensors`` is the final EMA student: ``fastdiffusion sample RUN --sampler dsno --nfe 1``. At
-every checkpoint the EMA student's samples of 64 fixed noises are compared with the teacher's (``spread_ratio``, logged
-as ``spread_ratio``); below 0.1 they have collapsed to nearly one image, and a warning is printed and logged.
+every checkpoint the spread of the EMA student's samples of 64 fixed noises is compared with the teacher's
+(``spread_ratio``, logged); below 0.1 they have collapsed to nearly one image, and a warning is printed and logged.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import save
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from ..checkpoint import (
     META_KEY,
@@ -382,7 +383,7 @@ class DistillTrainer(StepLoop):
         if warning:
             row["warning"] = warning
             if announce:
-                print(f"warning: {warning}", file=sys.stderr)
+                tqdm.write(f"warning: {warning}", file=sys.stderr)  # above the progress bar
         self._log(row)
         self.last_check = row
         return row
