@@ -17,7 +17,6 @@ from .fastpath import show_compiling
 from .guidance import ClassSpec, classes_for_seeds, evaluations_per_call, guided_model, model_label_dim
 from .models import ProcessModel
 from .processes import EDM, Process
-from .processes.edm import EDMFamily
 from .processes.gaussian_data import GaussianDataStats
 from .samplers import SAMPLERS, SamplerSpec, get_sampler, make_sigmas
 from .samplers.counted import CountedModel, run_counted
@@ -185,7 +184,7 @@ def check_gaussian_family(model: Callable, process: Process | None = None, telep
     """The model's sampler family, after checking that ``teleport`` / ``afs``, if asked, apply to it: they need an
     EDM-family denoiser D(x, sigma) (not PSLD, not a DSNO student)."""
     family = model_family(model, process)
-    if (teleport is not None or afs) and (family != "edm" or not isinstance(model_process(model, process), EDMFamily)):
+    if (teleport is not None or afs) and family != "edm":
         what = "--teleport" if teleport is not None else "--afs"
         raise UserError(f"{what} needs an EDM-family model (a denoiser D(x, sigma)); this is a {family} model")
     return family

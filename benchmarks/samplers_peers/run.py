@@ -9,9 +9,9 @@ Protocol (written into results.json):
   degenerate along the rest) in 2, 16 or 64 dimensions, on EDM's range sigma in [0.002, 80].
 * Evaluation: ``--n-eval`` start points x_T = 80 n from the seed ``1000 seed + 1``; tuning: ``--n-tune`` start points
   from ``1000 seed + 2`` (disjoint draws). The exact endpoints D(x(sigma_min); sigma_min) come from the repository's
-  exact PF-ODE solver (``bench.edm_exact.exact_endpoint``, DOP853, rtol = atol = 1e-10, float64). Two peers (k-diffusion
-  ``dpm_fast``, diffusers ``DEISMultistepScheduler``) stop at x(sigma_min) without the final denoising; they are scored
-  against x(sigma_min) of the same DOP853 solve (``exact_state``), checked to give the same endpoint.
+  exact PF-ODE solver (``bench.edm_exact.exact_state``, DOP853, rtol = atol = 1e-10, float64, then the exact
+  denoiser). Two peers (k-diffusion ``dpm_fast``, diffusers ``DEISMultistepScheduler``) stop at x(sigma_min) without
+  the final denoising; they are scored against that x(sigma_min).
 * Ours: every ``deterministic_edm_samplers()`` entry on the Karras (rho 7) and log-SNR grids (the default schedule is
   one of them) and on the grid (and lambda-DDIM's lam) that ``fit_schedule`` fits to the exact denoiser from the tuning
   noise (``--max-evals`` sampler runs; reference: the library's own Heun-127 solve, or with ``--tune-reference exact``
@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # reference_samplers: k-diffusion's sam
 from reference_samplers import load_k_diffusion_sampling  # noqa: E402
 
 from fastdiffusion.bench.distances import endpoint_error  # noqa: E402
-from fastdiffusion.bench.edm_exact import SIGMA_MAX, SIGMA_MIN, MixtureDenoiser, exact_endpoint  # noqa: E402
+from fastdiffusion.bench.edm_exact import SIGMA_MAX, SIGMA_MIN, MixtureDenoiser, exact_endpoint, exact_state  # noqa: E402
 from fastdiffusion.bench.provenance import provenance  # noqa: E402
 from fastdiffusion.data.gmm import GaussianMixture  # noqa: E402
 from fastdiffusion.processes import EDM  # noqa: E402
@@ -121,24 +120,6 @@ class Problem:
     info: dict
 
 
-def exact_state(mixture: GaussianMixture, x_t: Tensor) -> Tensor:
-    """x(sigma_min) of the PF-ODE dx/du = x - D(x; e^u) from x(sigma_max) = x_t: ``exact_endpoint``'s DOP853 solve
-    (same variable, tolerances and denoiser) without its final denoising."""
-    from scipy.integrate import solve_ivp
-
-    shape, denoise = x_t.shape, MixtureDenoiser(mixture)
-
-    def rhs(u: float, flat: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(flat).reshape(shape)
-        return (x - denoise(x, math.exp(u))).reshape(-1).numpy()
-
-    sol = solve_ivp(rhs, (math.log(SIGMA_MAX), math.log(SIGMA_MIN)), x_t.double().reshape(-1).numpy(),
-                    method="DOP853", rtol=EXACT_RTOL, atol=EXACT_RTOL)
-    if not sol.success:
-        raise RuntimeError(f"exact PF-ODE solve failed: {sol.message}")
-    return torch.from_numpy(sol.y[:, -1].copy()).reshape(shape)
-
-
 def prepare(seed: int, dim: int, shape: str, n_eval: int, n_tune: int, log: Callable[[str], None]) -> Problem:
     mixture = make_mixture(seed, dim, shape)
     eval_seed, tune_seed = 1000 * seed + 1, 1000 * seed + 2
@@ -146,8 +127,8 @@ def prepare(seed: int, dim: int, shape: str, n_eval: int, n_tune: int, log: Call
                                     dtype=torch.float64)
     tune_noise = torch.randn(n_tune, dim, generator=torch.Generator().manual_seed(tune_seed), dtype=torch.float64)
     t0 = time.perf_counter()
-    exact, nfev = exact_endpoint(mixture, start, rtol=EXACT_RTOL)
-    state = exact_state(mixture, start)
+    state, nfev = exact_state(mixture, start, rtol=EXACT_RTOL)
+    exact = MixtureDenoiser(mixture)(state, SIGMA_MIN)
     seconds = time.perf_counter() - t0
     name = f"s{seed}-{shape}{dim}"
     var = mixture.variances

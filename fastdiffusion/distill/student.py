@@ -2,7 +2,7 @@
 
 The student is a ``OneStepGenerator`` around a ``DSNOOperator`` built from the teacher's network config and
 initialised with the teacher's weights (its TimeConv layers start as the identity); an FDM teacher's student takes
-the base process's preconditioning (``student_process``: FDM's c_in at sigma_T would hide the noise from it). For a
+the base process's preconditioning (``EDMFamily.one_level_process``: FDM's c_in at sigma_T would hide the noise). For a
 batch of stored noises z (x_T = sigma_T z) and teacher states x*_m at the M output sigmas, the loss is the
 reference's weighted trajectory loss
 
@@ -61,8 +61,6 @@ from ..fastpath import FastPath
 from ..models import OneStepGenerator, load_model, model_meta, resolve_model_file
 from ..nets import build_net, net_config
 from ..plots import save_samples
-from ..processes.edm import EDMFamily
-from ..processes.fdm import FDM
 from ..training import distributed
 from ..training.config import setting
 from ..training.ema import EMA, ema_beta
@@ -79,7 +77,7 @@ from ..training.loop import (
 from .trajectories import TrajectorySet
 
 __all__ = ["DistillConfig", "DistillTrainer", "build_student", "collapse_warning", "distill", "select_times",
-           "spread_ratio", "student_process", "time_weights", "trajectory_loss"]
+           "spread_ratio", "time_weights", "trajectory_loss"]
 
 LOSSES = ("l1", "l2", "perceptual")
 
@@ -188,17 +186,6 @@ def trajectory_loss(pred: Tensor, target: Tensor, weights: Tensor, kind: str, *,
     return (weights * per_time).mean(), per_time
 
 
-def student_process(process: EDMFamily) -> EDMFamily:
-    """The process whose preconditioning the student applies at its one input level sigma_T: the teacher's, except
-    for FDM, whose base process (EDM, VP or VE) it uses.
-
-    FDM's input scale c_in = s_FDM(sigma) = e^(-B) (1 + B) is 4e-8 at sigma_T = 80: the network would see the noise at
-    a standard deviation of 3e-6, and only the skip term c_skip(sigma_T) x_T (0.003) would depend on it, so every
-    sample would be the same image. FDM keeps its base's c_skip, c_out and c_noise; the base's c_in gives the network
-    a unit-scale input."""
-    return process.base if isinstance(process, FDM) else process
-
-
 def spread_ratio(samples: Tensor, reference: Tensor) -> float:
     """Per-value standard deviation over the batch, averaged over values, of ``samples`` divided by that of
     ``reference`` (N >= 2 rows each): about 1 when the samples vary as much as the teacher's, near 0 when every sample
@@ -219,13 +206,13 @@ def collapse_warning(ratio: float, n: int, step: int) -> str | None:
 
 def build_student(teacher: torch.nn.Module, manifest: dict, modes: int, activation: str = "none") -> OneStepGenerator:
     """A ``OneStepGenerator`` whose operator wraps the teacher's network config, with the teacher's weights, and the
-    teacher's process (its base for FDM: ``student_process``)."""
+    teacher's process (its base for FDM: ``one_level_process``)."""
     tcfg = teacher.net_config
     cfg = net_config("dsno", in_channels=tcfg["in_channels"], out_channels=tcfg["out_channels"], backbone=tcfg,
                      num_times=manifest["times"], modes=modes, activation=activation)
     net = build_net(**cfg)
     net.backbone.load_state_dict(teacher.net.state_dict())
-    return OneStepGenerator(net, student_process(teacher.process), cfg, tuple(manifest["data_shape"]),
+    return OneStepGenerator(net, teacher.process.one_level_process, cfg, tuple(manifest["data_shape"]),
                             sigmas=manifest["sigmas"], cond_sigmas=manifest["cond_sigmas"],
                             sigma_max=manifest["sigma_max"])
 

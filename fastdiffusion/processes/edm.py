@@ -47,6 +47,12 @@ class EDMFamily(ABC):
     def loss_weight(self, sigma: Tensor, step: int = 0) -> Tensor:
         """lambda(sigma) of EDM eq. 2 at training step ``step``."""
 
+    @property
+    def one_level_process(self) -> EDMFamily:
+        """The process whose preconditioning a network run at one noise level only (a DSNO student at sigma_max)
+        applies: this one."""
+        return self
+
     def noise_shape(self, data_shape: tuple[int, ...] | torch.Size) -> tuple[int, ...]:
         return tuple(data_shape)
 

@@ -52,6 +52,13 @@ class FDM(EDMFamily):
     def sigma_max(self) -> float:
         return self.base.sigma_max
 
+    @property
+    def one_level_process(self) -> EDMFamily:
+        """The base process: FDM's c_in = s_FDM(sigma) is ~4e-8 at sigma_max = 80, so a network seeing only that level
+        would get its noise at ~3e-6 and make one image for every noise; the base has FDM's c_skip, c_out and c_noise
+        and a unit-scale c_in."""
+        return self.base
+
     def config(self) -> dict:
         base = {k: v for k, v in self.base.config().items() if k != "name"}
         fdm = {k: getattr(self, k) for k in ("multiplier", "warmup_ite", "fdm_beta_min", "fdm_beta_d")}

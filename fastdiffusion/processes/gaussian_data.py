@@ -169,7 +169,7 @@ class GaussianDataStats:
     def from_mixture(cls, mixture: Any, rank: int | None = None) -> GaussianDataStats:
         """A ``GaussianMixture``'s exact moments: m = sum w_k mu_k, Sigma = sum w_k (diag v_k + mu_k mu_k^T) - m m^T."""
         w, mu, var = mixture.weights, mixture.means, mixture.variances
-        m = w @ mu
+        m = mixture.mean()
         cov = torch.diag(w @ var) + (mu.T * w) @ mu - torch.outer(m, m)
         return cls.from_covariance(m, cov, rank, info={"source": f"exact moments of {mixture!r}"})
 
