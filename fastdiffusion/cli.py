@@ -213,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(build_parser().parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # reports record the command as given, also when called as cli.main([...])
+    return dispatch(args)
 
 
 if __name__ == "__main__":

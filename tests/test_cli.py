@@ -207,7 +207,9 @@ def test_eval_samples_a_conditional_model_with_guidance_and_reports_it(condition
     out = tmp_path / "eval.json"
     assert main(["eval", str(conditional_model), "--class", "random", "--guidance", "2", "--n", "8", "--sampler",
                  "euler", "--nfe", "3", "--metrics", "fd-digits", "--out", str(out), "--quiet"]) == 0
-    protocol = json.loads(out.read_text())["results"]["fd-digits"]["protocol"]
+    report = json.loads(out.read_text())
+    protocol = report["results"]["fd-digits"]["protocol"]
     assert (protocol["class"], protocol["guidance"], protocol["nfe"], protocol["network_evaluations"]) == (
         "random", 2.0, 3, 6)
+    assert report["command"].startswith(f"fastdiffusion eval {conditional_model} --class random --guidance 2 ")
     assert "class random, guidance 2: 6 network evaluations per sample (2x NFE)" in capsys.readouterr().out

@@ -97,3 +97,19 @@ def test_no_warning_for_a_trained_student(tmp_path, capsys):
     checks = [r for r in rows if "spread_ratio" in r]
     assert [r["step"] for r in checks] == [25, 50] and not any("warning" in r for r in checks)
     assert checks[0]["spread_ratio"] > 0.5 and checks[1]["spread_ratio"] > 0.8
+
+
+def test_eval_finds_a_students_training_data_through_its_teacher(tmp_path):
+    """A student's run records trajectories, not data: the overlap check follows the manifest to the teacher's run."""
+    from fastdiffusion.metrics.sources import run_training
+
+    teacher_ckpt, traj, run = tmp_path / "teacher" / "ckpt-00000010", tmp_path / "traj", tmp_path / "student"
+    for d in (teacher_ckpt, traj, run):
+        d.mkdir(parents=True)
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps({"data": "digits16", "data_split": "train"}))
+    (run / "config.json").write_text(json.dumps({"traj_dir": str(traj), "steps": 2}))
+    manifest = {"teacher": {"path": str(teacher_ckpt / "ema.safetensors"), "sha256": "0" * 64}}
+    (traj / "manifest.json").write_text(json.dumps(manifest))
+    assert run_training(run / "student.safetensors") == {"data": "digits16", "data_split": "train"}
+    (tmp_path / "teacher" / "config.json").unlink()  # the teacher's run is gone: nothing to check against
+    assert run_training(run / "student.safetensors") is None

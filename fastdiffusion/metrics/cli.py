@@ -121,8 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                           fast=fast_path_options(args), class_labels=class_labels, guidance=args.guidance,
                           schedule=args.schedule, teleport=args.teleport, afs=args.afs,
                           data_stats=args.data_stats)
-        argv = getattr(args, "argv", None)
-        report["command"] = " ".join(["fastdiffusion", *(argv if argv is not None else sys.argv[1:])])
+        report["command"] = " ".join(["fastdiffusion", *args.argv])
         if d.is_main:
             for warning in report["warnings"]:
                 print(f"fastdiffusion eval: warning: {warning}", file=sys.stderr)

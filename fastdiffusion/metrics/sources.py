@@ -29,14 +29,18 @@ class Samples:
     classes: Tensor | None = None  # (N,) the class each sample was generated for
 
 
-def run_training(p: Path) -> dict | None:
+def run_training(p: Path, *, via_teacher: bool = True) -> dict | None:
     """{'data', 'data_split'} of the training config.json in or above a run / checkpoint directory or model file (a
-    config without data_split predates it: those runs trained on all of the data)."""
+    config without data_split predates it: those runs trained on all of the data). A DSNO student's run has none of
+    its own: its teacher's (through the trajectories' manifest) stands for it, since the student learned its images."""
     for d in [p, *p.parents][:3]:
         cfg = d / "config.json"
         if d.is_dir() and cfg.is_file():
             try:
                 config = json.loads(cfg.read_text())
+                if "data" not in config and "traj_dir" in config and via_teacher:
+                    manifest = json.loads((Path(config["traj_dir"]) / "manifest.json").read_text())
+                    return run_training(Path(manifest["teacher"]["path"]), via_teacher=False)
                 return {"data": str(config["data"]), "data_split": str(config.get("data_split", "all"))}
             except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
                 return None
