@@ -76,10 +76,10 @@ class CompileCosts:
         return (base + per * n_modules) * (self.training_factor if training else 1.0)
 
 
-# Placeholders until measured (see CompileCosts): conservative, the costs set high and the speed-ups low, so that the
-# automatic rule compiles only jobs that clearly pay.
-COMPILE_COSTS = CompileCosts(speedup=1.25, training_speedup=1.1, cold_s=20.0, cold_per_module_s=0.15, warm_s=5.0,
-                             warm_per_module_s=0.03, training_factor=2.0)
+# benchmarks/perf/first_samples.json (H100, torch 2.11). The cold line is put through the origin at the costlier
+# network's rate (the two-point fit crosses zero near 34 modules and would promise small networks a free compile).
+COMPILE_COSTS = CompileCosts(speedup=3.8, training_speedup=1.18, cold_s=0.0, cold_per_module_s=0.143, warm_s=1.39,
+                             warm_per_module_s=0.0134, training_factor=2.32)
 
 
 @dataclass(frozen=True)
@@ -179,14 +179,19 @@ def sampling_calls(samples: int, batch: int, nfe: int, world: int = 1) -> int:
     return math.ceil(math.ceil(samples / world) / max(batch, 1)) * nfe
 
 
-def use_compile_cache() -> Path:
-    """Inductor's persistent cache directory, set for this process: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else
-    ``$FASTDIFFUSION_CACHE/inductor`` (default ``~/.cache/fastdiffusion/inductor``); FX-graph and AOT-autograd
-    caching on unless their ``TORCHINDUCTOR_*`` variables say otherwise."""
+def compile_cache_dir() -> Path:
+    """Inductor's persistent cache directory: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else
+    ``$FASTDIFFUSION_CACHE/inductor`` (default ``~/.cache/fastdiffusion/inductor``)."""
     path = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if not path:
-        path = str(Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "inductor")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = path  # read by Inductor at each compile, so setting it now is in time
+    return Path(path) if path else Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "inductor"
+
+
+def use_compile_cache() -> Path:
+    """``compile_cache_dir()``, set for this process, with FX-graph and AOT-autograd caching on unless their
+    ``TORCHINDUCTOR_*`` variables say otherwise. Only when compiling: it imports Inductor (Dynamo and Triton with it),
+    seconds that an eager job should not pay."""
+    path = compile_cache_dir()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # read by Inductor at each compile, so setting it now is in time
     import torch._inductor.config
 
     torch._inductor.config.fx_graph_cache = True
@@ -194,7 +199,7 @@ def use_compile_cache() -> Path:
         import torch._functorch.config
 
         torch._functorch.config.enable_autograd_cache = True
-    return Path(path)
+    return path
 
 
 def compile_key(net: nn.Module, device: torch.device, *context: object) -> str:
@@ -211,12 +216,12 @@ def compile_key(net: nn.Module, device: torch.device, *context: object) -> str:
 def cache_is_warm(key: str) -> bool:
     """Whether a network of ``compile_key`` ``key`` was compiled into the cache directory before (its marker; clearing
     the directory clears it)."""
-    return (use_compile_cache() / WARM_MARKS / key).is_file()
+    return (compile_cache_dir() / WARM_MARKS / key).is_file()
 
 
 def mark_warm(key: str) -> None:
     """Leave the marker of a compiled network in the cache directory."""
-    marks = use_compile_cache() / WARM_MARKS
+    marks = compile_cache_dir() / WARM_MARKS
     with contextlib.suppress(OSError):  # a read-only cache only makes the next job expect a cold compile
         marks.mkdir(parents=True, exist_ok=True)
         (marks / key).touch()

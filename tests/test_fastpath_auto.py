@@ -5,6 +5,8 @@ and the CPU path left as it was."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -219,6 +221,18 @@ def test_the_cache_dir_defaults_under_fastdiffusion_cache_then_home(monkeypatch,
     monkeypatch.delenv("FASTDIFFUSION_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert use_compile_cache() == tmp_path / "home" / ".cache" / "fastdiffusion" / "inductor"
+
+
+def test_asking_whether_the_cache_is_warm_does_not_import_inductor(tmp_path):
+    """An eager job asks, and must not pay Inductor's import (Dynamo and Triton with it: seconds on a GPU machine)."""
+    code = ("import sys; from fastdiffusion.fastpath import cache_is_warm, mark_warm; "
+            "assert not cache_is_warm('k'); mark_warm('k'); assert cache_is_warm('k'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('torch._inductor', 'torch._dynamo', 'triton'))))")
+    env = {**os.environ, "FASTDIFFUSION_CACHE": str(tmp_path)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert (tmp_path / "inductor" / "fastdiffusion-compiled" / "k").is_file()
 
 
 @pytest.mark.skipif(TorchVersion(torch.__version__) < (2, 5), reason="the AOT-autograd cache came in torch 2.5")

@@ -29,8 +29,12 @@ def main() -> None:
                                    for m in ("uncond", "cond")},
                         "eval": uncond["results"]["fd-digits"]["protocol"]},
            "unconditional": {"fd_digits": uncond["results"]["fd-digits"]["value"]}, "guided": rows}
-    best = max(rows, key=lambda r: (r["class_accuracy"], -r["fd_digits"]))
-    out["best_w"] = best
+    # The reading: the lowest FD among the W whose samples the classifier labels >= 99% right, else the most
+    # accurate W.
+    accurate = [r for r in rows if r["class_accuracy"] >= 0.99]
+    out["best_w"] = (min(accurate, key=lambda r: r["fd_digits"]) if accurate
+                     else max(rows, key=lambda r: (r["class_accuracy"], -r["fd_digits"])))
+    out["best_w_rule"] = "lowest FD-digits among W with class accuracy >= 0.99, else the highest accuracy"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "guidance.json").write_text(json.dumps(out, indent=1) + "\n")
     fig, (a, b) = figure(ncols=2, figsize=(9, 3.4))
