@@ -2,8 +2,8 @@
 # Issue 18 on one GPU: an unconditional and a class-conditional EDM digits32 model with the same budget (train split,
 # ddpmpp-small, 1,200 steps of 256; the conditional one with --cond, label dropout 0.1), then FD-digits of 1,000 samples
 # (seeds 100000-100999, heun 35) of the unconditional model and of the conditional one at --class random and
-# --guidance W for W in 1 1.5 2 3 4, with the digits classifier's class accuracy. summarize.py writes guidance.json and
-# guidance.png. Usage: OUT=dir bash benchmarks/guidance/run.sh
+# --guidance W for W in $WS (default 1 1.5 2 3 4), with the digits classifier's class accuracy. summarize.py writes
+# guidance.json and guidance.png. Usage: OUT=dir [WS='1 1.2 1.5'] bash benchmarks/guidance/run.sh
 set -euo pipefail
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
@@ -24,7 +24,7 @@ for m in uncond cond; do
   echo "$m trained in $(( $(date +%s) - start )) s"
 done
 python -m fastdiffusion.cli eval /tmp/runs/uncond "${ev[@]}" --out "$RES/eval-uncond.json"
-for w in 1 1.5 2 3 4; do
+for w in ${WS:-1 1.5 2 3 4}; do
   python -m fastdiffusion.cli eval /tmp/runs/cond "${ev[@]}" --metrics fd-digits,class-accuracy --class random \
       --guidance "$w" --out "$RES/eval-cond-w$w.json"
   echo "W=$w evaluated $(date +%T)"
