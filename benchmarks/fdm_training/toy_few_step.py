@@ -215,7 +215,7 @@ def sigma_grids() -> dict:
     """The noise levels each (sampler, NFE) steps through (the denoiser is called at these, not at the final 0)."""
     return {name: {str(nfe): [round(float(v), 4) for v in make_sigmas(get_sampler(name).schedule,
                                                                       get_sampler(name).steps(nfe), 0.002, 80.0,
-                                                                      7.0, sampler=name)]
+                                                                      7.0)]
                    for nfe in nfes_for(name)} for name in SAMPLERS}
 
 
