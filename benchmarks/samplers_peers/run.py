@@ -14,9 +14,8 @@ Protocol (written into results.json):
   the final denoising; they are scored against that x(sigma_min).
 * Ours: every ``deterministic_edm_samplers()`` entry on the Karras (rho 7) and log-SNR grids (the default schedule is
   one of them) and on the grid (and lambda-DDIM's lam) that ``fit_schedule`` fits to the exact denoiser from the tuning
-  noise (``--max-evals`` sampler runs; reference: the library's own ``reference_solve`` of the model, or with
-  ``--tune-reference exact`` the exact endpoints of the tuning points). Runs are float64 through ``run_counted``
-  (exactly NFE calls).
+  noise (``--max-evals`` sampler runs; reference: the library's own Heun-127 solve, or with ``--tune-reference exact``
+  the exact endpoints of the tuning points). Runs are float64 through ``run_counted`` (exactly NFE calls).
 * Peers: k-diffusion's deterministic samplers on its Karras (rho 7) and exponential grids, built by
   ``get_sigmas_karras`` / ``get_sigmas_exponential`` in float64, ``dpm_fast`` on its own log-SNR grid; diffusers' EDM
   schedulers and its UniPC / DEIS multistep schedulers on the same two grids. Every peer's network calls are counted
@@ -56,13 +55,7 @@ from fastdiffusion.processes import EDM  # noqa: E402
 from fastdiffusion.samplers import get_sampler, make_sigmas  # noqa: E402
 from fastdiffusion.samplers.counted import CountedModel, run_counted  # noqa: E402
 from fastdiffusion.samplers.registry import deterministic_edm_samplers  # noqa: E402
-from fastdiffusion.samplers.tuning import (  # noqa: E402
-    REFERENCE_NFE,
-    REFERENCE_SAMPLER,
-    REFERENCE_SCHEDULE,
-    fit_schedule,
-    reference_solve,
-)
+from fastdiffusion.samplers.tuning import fit_schedule, reference_solve  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 PROCESS = EDM(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
@@ -453,9 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-tune", type=int, default=256)
     p.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
     p.add_argument("--max-evals", type=int, default=150, help="fit_schedule's sampler runs per fit")
-    p.add_argument("--tune-reference", choices=("model", "exact"), default="model",
-                   help="fit_schedule's target on the tuning points: the library's reference_solve of the model "
-                        f"({REFERENCE_SAMPLER}-{REFERENCE_NFE} on {REFERENCE_SCHEDULE}; default) or the "
+    p.add_argument("--tune-reference", choices=("heun", "exact"), default="heun",
+                   help="fit_schedule's target on the tuning points: the library's Heun-127 solve (default) or the "
                         "exact endpoints")
     p.add_argument("--no-fit", action="store_true", help="fixed schedules only")
     p.add_argument("--out", type=Path, default=OUT)
@@ -549,8 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": {
             "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO, "nfe": list(nfes), "target_nfe": TARGET_NFES,
             "target_ratio": TARGET, "n_eval": args.n_eval, "n_tune": args.n_tune, "max_evals": args.max_evals,
-            "tune_reference": args.tune_reference if args.tune_reference == "exact" else
-            f"{REFERENCE_SAMPLER}-{REFERENCE_NFE} on {REFERENCE_SCHEDULE}", "fit": not args.no_fit,
+            "tune_reference": args.tune_reference, "fit": not args.no_fit,
             "eval_noise": "x_T = 80 randn(n_eval, D) from seed 1000 seed + 1",
             "tune_noise": "randn(n_tune, D) from seed 1000 seed + 2 (fit_schedule scales it by 80)",
             "exact": "bench.edm_exact.exact_endpoint: DOP853 in u = ln sigma, rtol = atol = 1e-10, then "

@@ -22,7 +22,7 @@ def _tune(args: argparse.Namespace) -> None:
     from ..sampling import check_sampler_args
     from ..seeds import SeededNoise, format_seeds, parse_seeds
     from ..training import distributed
-    from .tuning import REFERENCE_NFE, REFERENCE_SAMPLER, REFERENCE_SCHEDULE, fit_schedule, model_digest, save_schedule
+    from .tuning import REFERENCE_NFE, fit_schedule, model_digest, save_schedule
 
     hyper = parse_kv(args.opt, "--opt")
     check_sampler_args(args.sampler, args.nfe, hyper)
@@ -37,13 +37,12 @@ def _tune(args: argparse.Namespace) -> None:
                              **hyper)
     protocol = {"model": str(args.model), "model_sha256": digest, "ema": not args.raw, "sampler": args.sampler,
                 "nfe": args.nfe, "hyper": hyper, "tuning_seeds": format_seeds(seeds),
-                "objective": f"mean per-sample endpoint RMS to {REFERENCE_SAMPLER} {REFERENCE_NFE} NFE "
-                             f"({REFERENCE_SCHEDULE} grid) from the tuning noise",
+                "objective": f"endpoint RMS to heun {REFERENCE_NFE} NFE (Karras grid) from the tuning noise",
                 "provenance": provenance(d.device)}
     save_schedule(args.out, tuned, protocol)
     fixed = ", ".join(f"{k} {v:.4g}" for k, v in tuned.start_values.items())
     coef = "".join(f", {k} = {v:.4g}" for k, v in tuned.hyper.items())
-    print(f"{args.sampler} at {args.nfe} NFE{coef}: mean endpoint RMS {tuned.value:.4g} (starts: {fixed}; "
+    print(f"{args.sampler} at {args.nfe} NFE{coef}: endpoint RMS {tuned.value:.4g} (starts: {fixed}; "
           f"{tuned.evaluations} sampler runs) -> {args.out}")
     distributed.teardown()
 

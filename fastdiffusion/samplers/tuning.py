@@ -3,8 +3,8 @@ schedules").
 
 The reference is a high-accuracy solve of the model's PF-ODE from the tuning noise. A dynamic program over the
 reference's own grid picks the levels whose one-step Euler errors along the reference trajectory sum least (GITS,
-Chen et al. 2024); the interior levels are then refined to minimise the sampler's real endpoint error (restarted
-Nelder-Mead in softmax-parameterised log-sigma decrements). The end levels stay at the model's sampling range.
+Chen et al. 2024); the interior levels are then refined to minimise the sampler's real endpoint error (Nelder-Mead in
+softmax-parameterised log-sigma decrements). The end levels stay at the model's sampling range.
 """
 
 from __future__ import annotations
@@ -29,20 +29,13 @@ from ..sampling import model_family, sample, sampling_range
 from .registry import get_sampler
 from .schedules import make_sigmas
 
-# The tuning target: UniPC (order 3) with 127 calls on the log-SNR grid. At Heun-127's cost (Karras grid) its endpoint
-# is 10-100x closer to the exact one on exact-score mixtures, and a Heun-127 endpoint error (up to 2.7 on a point that
-# changes mode) is what a fit would otherwise chase.
-REFERENCE_SAMPLER, REFERENCE_SCHEDULE, REFERENCE_NFE = "unipc", "logsnr", 127
-REFERENCE_EVERY = 2  # the DP's levels: every 2nd reference call (64 of 127), as many as Heun-127's grid had
+REFERENCE_NFE = 127  # Heun, 64 steps on the Karras grid: the tuning target
 MIN_STEP = 0.01  # smallest log-sigma decrement, as a fraction of ln(sigma_max / sigma_min)
 START_SCHEDULES = ("karras", "logsnr")
 # Sampler coefficients fitted with the levels unless given, each with its unit in the search (lambda-DDIM's lam is
-# in 1/sigma: 0.01 moves a 4-step solve visibly), and the first simplex step in those units and in the logits. A wide
-# simplex, restarted once from the best point, finds grids far from the start (a short first step, a long jump near
-# sigma_min) that scipy's default 5% simplex never reaches.
+# in 1/sigma: 0.01 moves a 4-step solve visibly), and the first simplex step in those units.
 FITTED = {"lam": 0.01}
-SIMPLEX_STEP = 1.0
-SEARCH_ROUNDS = 2
+SIMPLEX_STEP = 0.25
 
 
 @dataclass(frozen=True)
@@ -58,25 +51,25 @@ class Reference:
 
 def reference_solve(model: Callable, noise: Tensor, *, nfe: int = REFERENCE_NFE, process: Process | None = None,
                     class_labels: Tensor | None = None) -> Reference:
-    """``REFERENCE_SAMPLER`` with ``nfe`` calls on the ``REFERENCE_SCHEDULE`` grid, keeping the state each call sees
-    and its D at every ``REFERENCE_EVERY``-th call and the last (at the model's sigma_min)."""
+    """Heun with ``nfe`` calls on the Karras grid (EDM Algorithm 1), keeping the state and D at every grid level."""
     states: list[Tensor] = []
     denoised: list[Tensor] = []
     levels: list[float] = []
     lo, hi = sampling_range(model, process)
 
-    def record(x: Tensor, sigma: Tensor) -> Tensor:
-        out = model(x, sigma) if class_labels is None else model(x, sigma, class_labels)
-        if len(levels) % REFERENCE_EVERY == 0 or len(levels) == nfe - 1:
-            states.append(x)
-            denoised.append(out)
-        levels.append(float(torch.as_tensor(sigma).reshape(-1)[0]))
-        return out
+    def keep(info: dict) -> None:
+        levels.append(float(info["sigma"]))
+        denoised.append(info["denoised"])
 
-    end = sample(record, noise, sampler=REFERENCE_SAMPLER, nfe=nfe, schedule=REFERENCE_SCHEDULE, process=process,
-                 sigma_min=lo, sigma_max=hi)
-    kept = [s for i, s in enumerate(levels) if i % REFERENCE_EVERY == 0 or i == nfe - 1]
-    return Reference(torch.tensor(kept, dtype=torch.float64), states, denoised, end)
+    def record(x: Tensor, sigma: Tensor) -> Tensor:
+        states.append(x)
+        return model(x, sigma) if class_labels is None else model(x, sigma, class_labels)
+
+    end = sample(record, noise, sampler="heun", nfe=nfe, process=process, callback=keep, sigma_min=lo,
+                 sigma_max=hi)
+    # Heun calls D twice per step: its first call of step i sees the state at level i.
+    firsts = states[0::2]
+    return Reference(torch.tensor(levels, dtype=torch.float64), firsts[:len(levels)], denoised, end)
 
 
 def dp_grid(ref: Reference, n: int) -> Tensor:
@@ -104,11 +97,6 @@ def dp_grid(ref: Reference, n: int) -> Tensor:
     for m in range(n - 1, 0, -1):
         picks.append(back[m, picks[-1]])
     return torch.tensor([s[i] for i in reversed(picks)], dtype=torch.float64)
-
-
-def endpoint_error(x: Tensor, ref: Tensor) -> float:
-    """``mean_n sqrt(mean_d (x_n - ref_n)^2)``: the per-sample RMS averaged over samples."""
-    return float((x - ref).float().reshape(len(x), -1).square().mean(1).sqrt().mean())
 
 
 def levels_from_logits(z: np.ndarray, lo: float, hi: float) -> Tensor:
@@ -144,11 +132,10 @@ class TunedSchedule:
 def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, process: Process | None = None,
                  class_labels: Tensor | None = None, reference: Reference | None = None, max_evals: int = 200,
                  **hyper: object) -> TunedSchedule:
-    """Fit the noise levels of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``: the mean
-    per-sample endpoint RMS (``endpoint_error``) to ``reference`` (default: ``reference_solve``), from the best of
-    the DP grid and the Karras / log-SNR grids, refined by restarted Nelder-Mead within ``max_evals`` sampler runs,
-    together with the sampler's ``FITTED`` coefficients that ``hyper`` does not fix (from their defaults). Tuning
-    calls are not the sampler's NFE."""
+    """Fit the noise levels of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``: the endpoint RMS
+    to ``reference`` (default: ``reference_solve``), from the best of the DP grid and the Karras / log-SNR grids,
+    refined by Nelder-Mead within ``max_evals`` sampler runs, together with the sampler's ``FITTED`` coefficients
+    that ``hyper`` does not fix (from their defaults). Tuning calls are not the sampler's NFE."""
     spec = get_sampler(sampler)
     if spec.family != "edm" or model_family(model, process) != "edm":
         raise UserError(f"tune: schedules are tuned for EDM-family models and samplers, not a "
@@ -167,7 +154,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         grid = torch.cat([levels, levels.new_zeros(1)])
         out = sample(model, noise, sampler=sampler, nfe=nfe, sigmas=grid, process=process,
                      class_labels=class_labels, **hyper, **coef)
-        err = endpoint_error(out, ref.endpoint)
+        err = float((out - ref.endpoint).float().square().mean().sqrt())
         return err if math.isfinite(err) else math.inf
 
     starts = {name: make_sigmas(name, steps, lo, hi)[:-1] for name in START_SCHEDULES}
@@ -177,27 +164,19 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
     start = min(start_values, key=start_values.__getitem__)
     best_levels, best, best_coef = starts[start], start_values[start], free
     n_z = steps - 2 if steps >= 3 else 0
-    fixed_levels = best_levels  # n_z == 0: only the coefficients move
 
     def unpack(p: np.ndarray) -> tuple[Tensor, dict[str, float]]:
-        levels = levels_from_logits(p[:n_z], lo, hi) if n_z else fixed_levels
+        levels = levels_from_logits(p[:n_z], lo, hi) if n_z else best_levels
         return levels, {k: float(v) * FITTED[k] for k, v in zip(free, p[n_z:], strict=True)}
 
-    n_params = n_z + len(free)
-    budget = max_evals - len(starts)
-    for r in range(SEARCH_ROUNDS if n_params else 0):
-        # Each round restarts from the best point with a fresh simplex (a collapsed one stalls in a local minimum).
-        maxfev = budget // (SEARCH_ROUNDS - r)
-        if maxfev <= n_params:
-            break
-        x0 = np.concatenate([logits_from_levels(best_levels, lo, hi) if n_z else [],
-                             [v / FITTED[k] for k, v in best_coef.items()]])
-        # Past max_evals a point is refused unrun: Nelder-Mead may overrun maxfev by up to one iteration.
-        result = minimize(lambda p: objective(*unpack(p)) if evaluations < max_evals else math.inf, x0,
-                          method="Nelder-Mead",
-                          options={"maxfev": maxfev, "xatol": 1e-3, "fatol": 1e-6,
-                                   "initial_simplex": np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))])})
-        budget -= result.nfev
+    x0 = np.concatenate([logits_from_levels(best_levels, lo, hi) if n_z else [],
+                         [v / FITTED[k] for k, v in free.items()]])
+    if len(x0) and max_evals > len(starts):
+        # Coefficients start at their defaults, often 0, where Nelder-Mead's own first step would be ~1e-4 of a unit.
+        simplex = np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))]) if free else None
+        result = minimize(lambda p: objective(*unpack(p)), x0, method="Nelder-Mead",
+                          options={"maxfev": max_evals - len(starts), "xatol": 1e-3, "fatol": 1e-6,
+                                   "initial_simplex": simplex})
         if result.fun < best:
             (best_levels, best_coef), best = unpack(result.x), float(result.fun)
     sigmas = torch.cat([best_levels, best_levels.new_zeros(1)])
