@@ -138,6 +138,18 @@ def verify_checkpoint(ckpt: Path, only: str | None = None) -> dict:
     return state
 
 
+def find_run_config(path: Path) -> tuple[Path, dict] | None:
+    """The run directory holding config.json in or above a run / checkpoint directory or model file (two levels up
+    at most), and its config; None if there is none or it does not read as JSON."""
+    for d in [path, *path.parents][:3]:
+        if d.is_dir() and (d / "config.json").is_file():
+            try:
+                return d, json.loads((d / "config.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoint directories of ``run_dir``, newest first."""
     run_dir = Path(run_dir)

@@ -179,6 +179,11 @@ class AnalyticFirstCall(CountedModel):
         return first(x, sigma).to(x.dtype)
 
 
+def model_data_shape(model: Callable) -> tuple[int, ...] | None:
+    """The shape of one sample of a ``ProcessModel``; None for a bare callable, which does not say."""
+    return tuple(model.data_shape) if isinstance(model, ProcessModel) else None
+
+
 def check_gaussian_family(model: Callable, process: Process | None = None, teleport: float | None = None,
                           afs: bool = False) -> str:
     """The model's sampler family, after checking that ``teleport`` / ``afs``, if asked, apply to it: they need an
@@ -201,7 +206,7 @@ def gaussian_options(teleport: float | None, afs: bool, data_stats: GaussianData
 
     check_gaussian_family(model, None, teleport, afs)
     return {"teleport": teleport, "afs": bool(afs),
-            "data_stats": resolve_data_stats(model_path, data_stats, getattr(model, "data_shape", None))}
+            "data_stats": resolve_data_stats(model_path, data_stats, model_data_shape(model))}
 
 
 def gaussian_shortcuts(teleport: float | None, afs: bool, data_stats: GaussianDataStats | str | Path | None,
@@ -234,7 +239,7 @@ def generate(model: Callable, seeds: list[int], *, data_shape: tuple[int, ...] |
     from .seeds import SeededNoise
     from .training.distributed import rank_world
 
-    shape = tuple(data_shape or (model.data_shape if isinstance(model, ProcessModel) else ()))
+    shape = tuple(data_shape or model_data_shape(model) or ())
     if not shape:
         raise UserError("the model does not say its data shape: pass data_shape=(C, H, W)")
     if batch < 1:

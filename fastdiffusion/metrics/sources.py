@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checkpoint import find_run_config
 from ..errors import UserError
 from ..seeds import format_seeds
 
@@ -33,18 +34,17 @@ def run_training(p: Path, *, via_teacher: bool = True) -> dict | None:
     """{'data', 'data_split'} of the training config.json in or above a run / checkpoint directory or model file (a
     config without data_split predates it: those runs trained on all of the data). A DSNO student's run has none of
     its own: its teacher's (through the trajectories' manifest) stands for it, since the student learned its images."""
-    for d in [p, *p.parents][:3]:
-        cfg = d / "config.json"
-        if d.is_dir() and cfg.is_file():
-            try:
-                config = json.loads(cfg.read_text())
-                if "data" not in config and "traj_dir" in config and via_teacher:
-                    manifest = json.loads((Path(config["traj_dir"]) / "manifest.json").read_text())
-                    return run_training(Path(manifest["teacher"]["path"]), via_teacher=False)
-                return {"data": str(config["data"]), "data_split": str(config.get("data_split", "all"))}
-            except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
-                return None
-    return None
+    found = find_run_config(p)
+    if found is None:
+        return None
+    config = found[1]
+    try:
+        if "data" not in config and "traj_dir" in config and via_teacher:
+            manifest = json.loads((Path(config["traj_dir"]) / "manifest.json").read_text())
+            return run_training(Path(manifest["teacher"]["path"]), via_teacher=False)
+        return {"data": str(config["data"]), "data_split": str(config.get("data_split", "all"))}
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def _read_samples_file(p: Path) -> tuple[Tensor, str, list[int] | None]:

@@ -295,18 +295,6 @@ def stats_from_dataset(spec: str, split: str = "all", data_shape: tuple[int, ...
                          info={"source": f"{spec}@{split}" + (" with horizontal flips" if flip else "")})
 
 
-def _run_config(path: Path) -> tuple[Path, dict] | None:
-    """The run directory (holding config.json) in or above a run / checkpoint directory or model file, and its
-    config."""
-    for d in [path, *path.parents][:3]:
-        if d.is_dir() and (d / "config.json").is_file():
-            try:
-                return d, json.loads((d / "config.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                return None
-    return None
-
-
 def _parse_data(spec: str) -> tuple[str, str]:
     from ..data.images import SPLITS
 
@@ -337,7 +325,9 @@ def resolve_data_stats(model_path: str | Path | None, spec: str | Path | Gaussia
         places = [path.parent] if path.is_file() else []
         places += [d for d in [path, *path.parents][:3] if d.is_dir()]
         found = next((d / STATS_FILE for d in places if (d / STATS_FILE).is_file()), None)
-        run = _run_config(path)
+        from ..checkpoint import find_run_config
+
+        run = find_run_config(path)
         if found is not None:
             stats = GaussianDataStats.load(found)
         elif run is None or "data" not in run[1]:
