@@ -69,11 +69,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from .cli_args import check_device, check_gaussian_flags, describe_gaussian, fast_path_options
     from .fastpath import accelerate, sampling_calls
-    from .guidance import describe, guidance_protocol, parse_class
+    from .guidance import describe, parse_class, parse_interval
     from .models import load_model
     from .outputs import output_kind, write_samples
     from .samplers.tuning import schedule_options
-    from .sampling import check_sampler_args, gaussian_options, generate, resolve_sampler
+    from .sampling import (
+        check_sampler_args,
+        gaussian_options,
+        generate,
+        resolve_sampler,
+        sampled_guidance,
+    )
     from .seeds import parse_seeds
     from .training import distributed
 
@@ -81,6 +87,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     hyper = parse_kv(args.opt, "--opt")
     check_gaussian_flags(args)
     class_labels = parse_class(args.class_label)
+    interval = parse_interval(args.guidance_interval)
     output_kind(args.out)
     d = distributed.setup(check_device(args.device))
     model = load_model(args.model, ema=not args.raw, device=d.device)
@@ -92,12 +99,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
                calls=sampling_calls(len(seeds), args.batch, args.nfe, d.world_size))  # compile if it pays
     with torch.no_grad():
         x = generate(model, seeds, batch=args.batch, device=d.device, sampler=args.sampler, nfe=args.nfe,
-                     progress=not args.quiet, class_labels=class_labels, guidance=args.guidance, **schedule, **gaussian,
-                     **hyper)
+                     progress=not args.quiet, class_labels=class_labels, guidance=args.guidance,
+                     guidance_interval=interval, **schedule, **gaussian, **hyper)
     if d.is_main:
         out = write_samples(x, args.out, seeds)
-        notes = "".join(f"; {t}" for t in (describe_gaussian(gaussian),
-                                           describe(guidance_protocol(class_labels, args.guidance, args.nfe))) if t)
+        guidance = sampled_guidance(model, class_labels, args.guidance, interval, sampler=args.sampler, nfe=args.nfe,
+                                    teleport=gaussian.get("teleport"), afs=args.afs, **schedule, **hyper)
+        notes = "".join(f"; {t}" for t in (describe_gaussian(gaussian), describe(guidance)) if t)
         print(f"wrote {len(seeds)} samples ({args.sampler}, {args.nfe} NFE{notes}) to {out}")
     distributed.teardown()
 

@@ -107,6 +107,9 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, metavar="W",
                         help="classifier-free guidance D_u + W (D_c - D_u) with --class (default 1, the plain "
                              "conditional model); W != 1 makes each NFE 2 network evaluations, batched in one call")
+    parser.add_argument("--guidance-interval", metavar="LO,HI",
+                        help="apply the guidance only at noise levels sigma in (LO, HI] (limited-interval guidance, "
+                             "Kynkaanniemi et al. 2024); elsewhere the plain conditional model, 1 network evaluation")
 
 
 def add_gaussian_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,13 +7,17 @@ which label dropout trains the unconditional model as the zero label. Both branc
 2N-row batch [x; x]; W = 1 is the plain conditional model and makes a single N-row call. The mix is linear in the
 model's output, so it is the same for a PSLD model's eps(z, t) (its data estimate is affine in eps).
 
+Limited-interval guidance (Kynkaanniemi et al. 2024): with ``interval`` (lo, hi] the mix applies only to the calls
+whose noise level lies in it; every other call is D_c alone, one N-row network call.
+
 NFE convention: ``nfe`` counts the sampler's calls of this guided denoiser, as for an unguided model; with W != 1
-each call is 2 network evaluations per sample (``network_evaluations``), which protocols and outputs report.
+each guided call is 2 network evaluations per sample (``network_evaluations``), which protocols and outputs report.
 A ``random`` class is a function of the seed alone (``seed_classes``), so image i still depends only on seed i.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -27,6 +31,7 @@ from .models import ProcessModel
 CLASS_STREAM = 0x636C6173
 
 ClassSpec = int | str | Sequence[int] | Tensor | None
+Interval = tuple[float, float]
 
 
 def parse_class(text: str | None) -> int | str | None:
@@ -44,28 +49,65 @@ def evaluations_per_call(guidance: float | None) -> int:
     return 1 if guidance is None or guidance == 1 else 2
 
 
-def network_evaluations(nfe: int, guidance: float | None) -> int:
-    """Network evaluations per sample of an ``nfe``-call run: nfe x ``evaluations_per_call(guidance)``."""
-    return nfe * evaluations_per_call(guidance)
+def parse_interval(text: str | None) -> Interval | None:
+    """``--guidance-interval LO,HI`` -> (LO, HI), checked by ``check_interval`` (None stays None)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--guidance-interval {text}: give two noise levels LO,HI, e.g. 0.3,5") from None
+    return check_interval((lo, hi))
 
 
-def guidance_protocol(class_labels: ClassSpec, guidance: float | None, nfe: int) -> dict:
-    """What protocols record of a conditional run: the class (K, 'random' or 'per-seed'), W and the network
-    evaluations per sample; {} for an unconditional one."""
+def check_interval(interval: Sequence[float]) -> Interval:
+    """(lo, hi) as floats, after checking 0 <= lo < hi (hi may be inf)."""
+    lo, hi = (float(v) for v in interval)
+    if not (math.isfinite(lo) and lo >= 0 and hi > lo):
+        raise UserError(f"--guidance-interval {lo:g},{hi:g}: give noise levels 0 <= LO < HI")
+    return lo, hi
+
+
+def in_interval(sigma: Tensor | float, interval: Interval | None) -> Tensor | bool:
+    """lo < sigma <= hi: where the guidance applies (everywhere without an interval)."""
+    return True if interval is None else (sigma > interval[0]) & (sigma <= interval[1])
+
+
+def network_evaluations(nfe: int, guidance: float | None, interval: Interval | None = None,
+                        levels: Sequence[float] | None = None) -> int:
+    """Network evaluations per sample of an ``nfe``-call run: nfe x ``evaluations_per_call(guidance)``; with an
+    interval, that for each of the run's call ``levels`` in it and 1 for the others."""
+    if interval is None:
+        return nfe * evaluations_per_call(guidance)
+    if levels is None or len(levels) != nfe:
+        raise ValueError(f"an interval-guided run needs the noise levels of its {nfe} calls")
+    return sum(evaluations_per_call(guidance) if in_interval(s, interval) else 1 for s in levels)
+
+
+def guidance_protocol(class_labels: ClassSpec, guidance: float | None, nfe: int, interval: Interval | None = None,
+                      levels: Sequence[float] | None = None) -> dict:
+    """What protocols record of a conditional run: the class (K, 'random' or 'per-seed'), W, its interval if any and
+    the network evaluations per sample (``network_evaluations``); {} for an unconditional one."""
     if class_labels is None:
         return {}
     w = 1.0 if guidance is None else float(guidance)
     return {"class": class_labels if isinstance(class_labels, int | str) else "per-seed", "guidance": w,
-            "network_evaluations": network_evaluations(nfe, w)}
+            **({"guidance_interval": list(interval)} if interval is not None else {}),
+            "network_evaluations": network_evaluations(nfe, w, interval, levels)}
 
 
 def describe(protocol: dict) -> str:
-    """'class 3, guidance 2: 70 network evaluations per sample (2x NFE)' from ``guidance_protocol``; '' if empty."""
+    """'class 3, guidance 2: 70 network evaluations per sample (2x NFE)' from ``guidance_protocol`` ('guidance 2 on
+    sigma in (0.3, 5]: 48 network evaluations per sample' with an interval); '' if empty."""
     if not protocol:
         return ""
-    times = evaluations_per_call(protocol["guidance"])
-    return (f"class {protocol['class']}, guidance {protocol['guidance']:g}: {protocol['network_evaluations']} "
-            f"network evaluations per sample ({times}x NFE)")
+    evals = protocol["network_evaluations"]
+    if "guidance_interval" in protocol:
+        lo, hi = protocol["guidance_interval"]
+        return (f"class {protocol['class']}, guidance {protocol['guidance']:g} on sigma in ({lo:g}, {hi:g}]: "
+                f"{evals} network evaluations per sample")
+    return (f"class {protocol['class']}, guidance {protocol['guidance']:g}: {evals} network evaluations per sample "
+            f"({evaluations_per_call(protocol['guidance'])}x NFE)")
 
 
 def model_label_dim(model: Callable) -> int | None:
@@ -131,33 +173,43 @@ def label_matrix(class_labels: Tensor | int, n: int, label_dim: int | None) -> T
 
 
 class Guided:
-    """D(x; sigma) = D_u + W (D_c - D_u) from one network call on [x; x] with labels [y; 0] (W = 1: D_c alone)."""
+    """D(x; sigma) = D_u + W (D_c - D_u) from one network call on [x; x] with labels [y; 0] (W = 1: D_c alone); with
+    ``interval`` (lo, hi], D_c alone from one N-row call wherever no row's sigma lies in it."""
 
-    def __init__(self, model: Callable, class_labels: Tensor, guidance: float = 1.0) -> None:
-        self.model, self.labels, self.guidance = model, class_labels, float(guidance)
+    def __init__(self, model: Callable, class_labels: Tensor, guidance: float = 1.0,
+                 interval: Interval | None = None) -> None:
+        self.model, self.labels, self.guidance, self.interval = model, class_labels, float(guidance), interval
         self.both = torch.cat([class_labels, torch.zeros_like(class_labels)])  # [y; 0] for the batch [x; x]
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         """``x`` (N, ...) and ``sigma`` (N,), one noise level per row (as ``CountedModel`` passes them)."""
         if self.labels.device != x.device:
             self.labels, self.both = self.labels.to(x.device), self.both.to(x.device)
-        if evaluations_per_call(self.guidance) == 1:
+        inside = in_interval(sigma, self.interval)
+        if evaluations_per_call(self.guidance) == 1 or self.interval is not None and not bool(inside.any()):
             return self.model(x, sigma, self.labels)
         cond, uncond = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), self.both).chunk(2)
-        return uncond + self.guidance * (cond - uncond)
+        guided = uncond + self.guidance * (cond - uncond)
+        return guided if self.interval is None else torch.where(inside.view(-1, *[1] * (x.ndim - 1)), guided, cond)
 
 
 def guided_model(model: Callable, family: str, class_labels: Tensor | int | None, guidance: float | None,
-                 n: int) -> Callable:
-    """``model`` itself without labels, else ``Guided(model, y, W)`` once the labels fit the model (W default 1)."""
+                 n: int, interval: Interval | None = None) -> Callable:
+    """``model`` itself without labels, else ``Guided(model, y, W, interval)`` once the labels fit the model (W
+    default 1)."""
     if class_labels is None:
-        if guidance is not None:
-            raise UserError("--guidance needs --class: guidance mixes the conditional and the unconditional model")
+        if guidance is not None or interval is not None:
+            what = "--guidance" if guidance is not None else "--guidance-interval"
+            raise UserError(f"{what} needs --class: guidance mixes the conditional and the unconditional model")
         return model
     if family == "dsno":
         raise UserError("--class: a DSNO student generates in one unconditional call; give --class to its teacher "
                         "(sample, or distill trajectories) instead")
+    if family != "edm" and interval is not None:
+        raise UserError(f"--guidance-interval is a range of noise levels sigma: it needs an EDM-family model, not a "
+                        f"{family} one")
     w = 1.0 if guidance is None else float(guidance)
     if not np.isfinite(w) or w < 0:
         raise UserError(f"--guidance must be a finite number >= 0 (1 = plain conditional), got {guidance}")
-    return Guided(model, label_matrix(class_labels, n, model_label_dim(model)), w)
+    return Guided(model, label_matrix(class_labels, n, model_label_dim(model)), w,
+                  None if interval is None else check_interval(interval))

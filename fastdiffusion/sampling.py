@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,15 @@ from tqdm.auto import tqdm
 
 from .errors import UserError
 from .fastpath import show_compiling
-from .guidance import ClassSpec, classes_for_seeds, evaluations_per_call, guided_model, model_label_dim
+from .guidance import (
+    ClassSpec,
+    Interval,
+    classes_for_seeds,
+    guidance_protocol,
+    guided_model,
+    model_label_dim,
+    network_evaluations,
+)
 from .models import ProcessModel
 from .processes import EDM, Process
 from .processes.gaussian_data import GaussianDataStats
@@ -98,7 +107,7 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
            schedule: str | None = None,
            sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
            class_labels: Tensor | int | None = None, guidance: float | None = None,
-           noise_fn: Callable[[Tensor], Tensor] | None = None,
+           guidance_interval: Interval | None = None, noise_fn: Callable[[Tensor], Tensor] | None = None,
            callback: Callable[[dict], None] | None = None, progress: bool = False, process: Process | None = None,
            sigmas: Tensor | None = None, teleport: float | None = None, afs: bool = False,
            data_stats: GaussianDataStats | str | Path | None = None, **hyper: Any) -> Tensor:
@@ -115,8 +124,9 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     Without ``sampler``/``nfe`` the model family's defaults apply (``FAMILY_DEFAULTS``). ``sigmas`` (descending, ending
     in 0, e.g. from ``tune_schedule``) replaces the schedule.
     ``class_labels`` (integer classes (N,), one class for all, or one-hot rows (N, K)) with ``guidance`` W samples
-    D_u + W (D_c - D_u) (``guidance.Guided``; W = 1 by default, the plain conditional model); ``nfe`` counts guided
-    calls, each 2 network evaluations per sample when W != 1.
+    D_u + W (D_c - D_u) (``guidance.Guided``; W = 1 by default, the plain conditional model), only at noise levels in
+    ``guidance_interval`` (lo, hi] if given; ``nfe`` counts guided calls, each 2 network evaluations per sample when
+    W != 1 (``network_levels`` tells which calls an interval guides).
 
     Gaussian shortcuts (EDM-family models; ``data_stats``: the data's ``GaussianDataStats`` or their file, see
     ``processes.gaussian_data``): ``teleport=sigma_T`` moves the prior sample from sigma_max to sigma_T by the exact
@@ -126,6 +136,51 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     network calls; ``nfe`` (and the progress bar) count network calls only. With ``class_labels`` the Gaussian stand-in
     is the unconditional data's.
     """
+    plan = plan_sampling(model, sampler=sampler, nfe=nfe, schedule=schedule, sigma_min=sigma_min,
+                         sigma_max=sigma_max, rho=rho, process=process, sigmas=sigmas, teleport=teleport, afs=afs,
+                         **hyper)
+    sampler, nfe, sigmas, start = plan.sampler, plan.nfe, plan.sigmas, plan.start
+    stats = gaussian_shortcuts(teleport, afs, data_stats, noise, plan.sigma_min, start)
+    guided = guided_model(model, plan.family, class_labels, guidance, noise.shape[0], guidance_interval)
+    evals = nfe if class_labels is None else network_evaluations(
+        nfe, guidance, guidance_interval, None if guidance_interval is None else network_levels(plan))
+    extra = "".join([" +1 analytic call" if afs else "", f" from sigma {teleport:g}" if teleport is not None else "",
+                     f" ({evals} network evaluations)" if evals > nfe else ""])
+    bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE{extra}", disable=not progress, leave=False)
+    show_compiling(model, bar)
+    process = model_process(model, process)
+    den = AnalyticFirstCall(guided, process, bar, stats.denoise) if afs else CountedModel(guided, process, bar)
+    if teleport is None:
+        x = process.prior(noise.float(), sigmas[0], noise_fn or torch.randn_like)
+    else:
+        x = process.prior(noise.float(), torch.tensor(start, dtype=torch.float64), noise_fn or torch.randn_like)
+        x = stats.transport(x, start, float(sigmas[0]))
+    x = run_counted(plan.spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback, **hyper)
+    bar.close()
+    return process.data_part(x)
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What ``sample`` runs: the sampler, its NFE (network calls), its spec and grid (``nfe + 1`` denoiser calls with
+    ``afs``), the family, sigma_min and the prior's noise level ``start``."""
+
+    sampler: str
+    nfe: int
+    spec: SamplerSpec
+    sigmas: Tensor
+    family: str
+    sigma_min: float
+    start: float
+    afs: bool
+    hyper: dict
+
+
+def plan_sampling(model: Callable, *, sampler: str | None = None, nfe: int | None = None, schedule: str | None = None,
+                  sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
+                  process: Process | None = None, sigmas: Tensor | None = None, teleport: float | None = None,
+                  afs: bool = False, **hyper: Any) -> SamplingPlan:
+    """``sample``'s sampler, NFE and noise-level grid for these keywords, checked, without a network call."""
     sampler, nfe = resolve_sampler(model, sampler, nfe, process)
     family = check_gaussian_family(model, process, teleport, afs)
     spec = check_sampler_args(sampler, nfe, hyper, afs)
@@ -136,7 +191,6 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     lo, hi = sampling_range(model, process)
     steps = spec.steps(nfe + 1 if afs else nfe)
     start = float(sigma_max or hi)  # the prior's noise level
-    stats = gaussian_shortcuts(teleport, afs, data_stats, noise, float(sigma_min or lo), start)
     if sigmas is None:
         sigmas = make_sigmas(schedule or spec.schedule, steps, sigma_min or lo,
                              start if teleport is None else teleport, rho)
@@ -145,22 +199,32 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
         if teleport is not None and not math.isclose(float(sigmas[0]), teleport, rel_tol=1e-6):
             raise UserError(f"--teleport {teleport:g}: the given noise levels start at {float(sigmas[0]):g}; a "
                             f"teleported run's grid must start at the teleport level")
-    guided = guided_model(model, family, class_labels, guidance, noise.shape[0])
-    evals = evaluations_per_call(None if class_labels is None else guidance)
-    extra = "".join([" +1 analytic call" if afs else "", f" from sigma {teleport:g}" if teleport is not None else "",
-                     f" ({evals}x network evaluations)" if evals > 1 else ""])
-    bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE{extra}", disable=not progress, leave=False)
-    show_compiling(model, bar)
-    process = model_process(model, process)
-    den = AnalyticFirstCall(guided, process, bar, stats.denoise) if afs else CountedModel(guided, process, bar)
-    if teleport is None:
-        x = process.prior(noise.float(), sigmas[0], noise_fn or torch.randn_like)
-    else:
-        x = process.prior(noise.float(), torch.tensor(start, dtype=torch.float64), noise_fn or torch.randn_like)
-        x = stats.transport(x, start, float(sigmas[0]))
-    x = run_counted(spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback, **hyper)
-    bar.close()
-    return process.data_part(x)
+    return SamplingPlan(sampler, nfe, spec, sigmas, family, float(sigma_min or lo), start, afs, hyper)
+
+
+def network_levels(plan: SamplingPlan) -> list[float]:
+    """The noise levels of the plan's ``nfe`` network calls, in order: a dry run of its sampler with D = 0 on one
+    number (the levels depend on the grid alone; the analytic first call of ``afs`` is left out)."""
+    if plan.family != "edm":
+        raise UserError(f"noise levels of the calls are defined for EDM-family samplers, not {plan.family}")
+    levels: list[float] = []
+
+    def record(x: Tensor, sigma: Tensor) -> Tensor:
+        levels.append(float(sigma[0]))
+        return torch.zeros_like(x)
+
+    run_counted(plan.spec, CountedModel(record), torch.zeros(1, 1, dtype=torch.float64), plan.sigmas,
+                plan.nfe + plan.afs, noise=torch.zeros_like, **plan.hyper)
+    return levels[plan.afs:]
+
+
+def sampled_guidance(model: Callable, class_labels: ClassSpec, guidance: float | None, interval: Interval | None, *,
+                     nfe: int, **plan_kwargs: Any) -> dict:
+    """``guidance_protocol`` of ``sample`` run with these ``plan_sampling`` keywords (an interval's guided calls are
+    counted on the plan's ``network_levels``)."""
+    levels = None if class_labels is None or interval is None else network_levels(
+        plan_sampling(model, nfe=nfe, **plan_kwargs))
+    return guidance_protocol(class_labels, guidance, nfe, interval, levels)
 
 
 class AnalyticFirstCall(CountedModel):

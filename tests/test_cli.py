@@ -158,6 +158,38 @@ def test_sample_with_class_and_guidance_end_to_end(conditional_model, tmp_path, 
     assert np.array_equal(np.load(tmp_path / "r1.npz")["samples"], np.load(tmp_path / "r4.npz")["samples"])
 
 
+def test_sample_eval_and_trajectories_take_a_guidance_interval(conditional_model, tmp_path, capsys):
+    import json
+
+    import torch
+
+    import fastdiffusion as fd
+    from fastdiffusion.plots import to_uint8
+
+    # euler at 5 NFE calls at sigma 80, 17.5, 2.52, 0.170, 0.002 (Karras, rho 7): (0.1, 10] guides 2 of them
+    guided = ["--class", "3", "--guidance", "2", "--guidance-interval", "0.1,10", "--sampler", "euler", "--nfe", "5"]
+    out = tmp_path / "x.npz"
+    assert main(["sample", str(conditional_model), "--seeds", "0-3", *guided, "--out", str(out), "--quiet"]) == 0
+    assert ("class 3, guidance 2 on sigma in (0.1, 10]: 7 network evaluations per sample"
+            in capsys.readouterr().out)
+    with torch.no_grad():
+        expect = fd.generate(fd.load_model(conditional_model), list(range(4)), sampler="euler", nfe=5, class_labels=3,
+                             guidance=2.0, guidance_interval=(0.1, 10.0), progress=False)
+        plain = fd.generate(fd.load_model(conditional_model), list(range(4)), sampler="euler", nfe=5, class_labels=3,
+                            guidance=2.0, progress=False)
+    assert np.array_equal(np.load(out)["samples"], to_uint8(expect)) and not torch.equal(expect, plain)
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(conditional_model), *guided, "--n", "8", "--metrics", "fd-digits", "--out", str(report),
+                 "--quiet"]) == 0
+    protocol = json.loads(report.read_text())["results"]["fd-digits"]["protocol"]
+    assert (protocol["guidance_interval"], protocol["network_evaluations"]) == ([0.1, 10.0], 7)
+    traj = tmp_path / "traj"
+    assert main(["distill", "trajectories", str(conditional_model), *guided, "--times", "2", "--seeds", "0-2",
+                 "--out", str(traj), "--quiet"]) == 0
+    assert json.loads((traj / "manifest.json").read_text())["guidance"] == {
+        "class": 3, "guidance": 2.0, "guidance_interval": [0.1, 10.0], "network_evaluations": 7}
+
+
 def test_distill_trajectories_with_class_and_guidance(conditional_model, tmp_path):
     import json
 
@@ -173,6 +205,9 @@ def test_distill_trajectories_with_class_and_guidance(conditional_model, tmp_pat
     (["sample", "{cond}", "--class", "two"], "--class two"),
     (["sample", "{cond}", "--guidance", "2"], "--guidance needs --class"),
     (["sample", "{cond}", "--class", "1", "--guidance", "-2"], "--guidance must be"),
+    (["sample", "{cond}", "--class", "1", "--guidance", "2", "--guidance-interval", "5,1"], "0 <= LO < HI"),
+    (["sample", "{cond}", "--guidance-interval", "1,5"], "--guidance-interval needs --class"),
+    (["eval", "{cond}", "--class", "1", "--guidance-interval", "1", "--n", "4"], "two noise levels LO,HI"),
     (["sample", "{run}", "--class", "1"], "unconditional"),
     (["sample", "{run}", "--sampler", "heun", "--nfe", "3", "--opt", "churn=abc"], "--opt churn=abc"),
     (["sample", "{run}", "--device", "banana"], "--device banana"),

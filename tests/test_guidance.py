@@ -17,12 +17,14 @@ from fastdiffusion.guidance import (
     guided_model,
     network_evaluations,
     parse_class,
+    parse_interval,
     seed_classes,
 )
 from fastdiffusion.models import build_model
 from fastdiffusion.nets import net_config
 from fastdiffusion.processes import make_process
 from fastdiffusion.samplers import SAMPLERS
+from fastdiffusion.sampling import network_levels, plan_sampling, sampled_guidance
 from fastdiffusion.seeds import SeededNoise
 
 MIX = GaussianMixture.ring2d(4)
@@ -80,6 +82,71 @@ def test_guidance_one_is_the_plain_conditional_with_a_single_call():
     assert [rows for rows, _ in fake.calls] == [6]
     assert network_evaluations(35, 1.0) == 35 and network_evaluations(35, None) == 35
     assert network_evaluations(35, 2.0) == 70 and network_evaluations(35, 0.0) == 70
+
+
+def test_interval_guidance_mixes_inside_the_interval_and_is_the_conditional_model_outside():
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(2))
+    sigma = torch.tensor([0.05, 0.3, 1.0, 2.5, 7.0, 40.0])
+    d_c = conditional_only(CLASSES)(x, sigma)
+    d_u = torch.cat([MIX.denoise(x[i:i + 1], sigma[i:i + 1]) for i in range(6)])
+    fake = LabelReadingDenoiser()
+    d = Guided(fake, ONE_HOT, 2.5, interval=(0.3, 7.0))(x, sigma)
+    inside = torch.tensor([False, False, True, True, True, False])  # (0.3, 7]: open below, closed above
+    assert torch.equal(d[inside], (d_u + 2.5 * (d_c - d_u))[inside]) and torch.equal(d[~inside], d_c[~inside])
+    assert [rows for rows, _ in fake.calls] == [12]
+    fake = LabelReadingDenoiser()
+    assert torch.equal(Guided(fake, ONE_HOT, 2.5, interval=(50.0, 80.0))(x, sigma), d_c)
+    assert [rows for rows, _ in fake.calls] == [6]  # no row inside: the conditional half alone
+
+
+@pytest.mark.parametrize(("name", "hyper"), [("heun", {}), ("heun", {"churn": 9}), ("dpmpp-2m", {}), ("euler", {})])
+def test_interval_guidance_counts_the_network_evaluations_it_makes(name, hyper):
+    nfe = _valid_nfe(SAMPLERS[name])
+    seeds = list(range(6))
+    noise = SeededNoise(seeds).randn((2,))
+    fake = LabelReadingDenoiser()
+    interval = (0.5, 10.0)
+    x = fd.sample(fake, noise, sampler=name, nfe=nfe, class_labels=ONE_HOT, guidance=2.0, guidance_interval=interval,
+                  noise_fn=SeededNoise(seeds), **hyper)
+    made = sum(rows for rows, _ in fake.calls) // 6
+    protocol = sampled_guidance(fake, ONE_HOT, 2.0, interval, sampler=name, nfe=nfe, **hyper)
+    assert nfe < made < 2 * nfe and protocol["network_evaluations"] == made
+    assert protocol["guidance_interval"] == [0.5, 10.0] and protocol["class"] == "per-seed"
+    levels = network_levels(plan_sampling(fake, sampler=name, nfe=nfe, **hyper))
+    assert len(levels) == nfe and levels[0] >= 80.0 and all(s > 0 for s in levels)  # churn raises the first
+    # an interval holding every level is plain guidance; one holding none is the conditional model
+    whole = fd.sample(LabelReadingDenoiser(), noise, sampler=name, nfe=nfe, class_labels=ONE_HOT, guidance=2.0,
+                      guidance_interval=(0.0, float("inf")), noise_fn=SeededNoise(seeds), **hyper)
+    plain = fd.sample(LabelReadingDenoiser(), noise, sampler=name, nfe=nfe, class_labels=ONE_HOT, guidance=2.0,
+                      noise_fn=SeededNoise(seeds), **hyper)
+    none = fd.sample(LabelReadingDenoiser(), noise, sampler=name, nfe=nfe, class_labels=ONE_HOT, guidance=2.0,
+                     guidance_interval=(300.0, 400.0), noise_fn=SeededNoise(seeds), **hyper)
+    alone = fd.sample(conditional_only(CLASSES), noise, sampler=name, nfe=nfe, noise_fn=SeededNoise(seeds), **hyper)
+    assert torch.equal(whole, plain) and torch.equal(none, alone)
+    assert not torch.allclose(x, plain) and not torch.allclose(x, alone)
+
+
+def test_network_levels_leave_out_the_analytic_first_call():
+    plan = plan_sampling(conditional_only(CLASSES), sampler="euler", nfe=4)
+    assert network_levels(plan) == pytest.approx(plan.sigmas[:-1].tolist())
+    afs = plan_sampling(conditional_only(CLASSES), sampler="euler", nfe=4, afs=True)
+    assert len(afs.sigmas) == 6 and network_levels(afs) == pytest.approx(afs.sigmas[1:-1].tolist())
+
+
+@pytest.mark.parametrize(("text", "needle"), [("1", "two noise levels"), ("a,b", "two noise levels"),
+                                              ("2,1", "0 <= LO < HI"), ("-1,2", "0 <= LO < HI"),
+                                              ("1,1", "0 <= LO < HI")])
+def test_bad_guidance_intervals_are_refused(text, needle):
+    with pytest.raises(UserError, match=needle):
+        parse_interval(text)
+
+
+def test_guidance_interval_needs_a_class_and_an_edm_family_model():
+    assert parse_interval("0.3,5") == (0.3, 5.0) and parse_interval(None) is None
+    with pytest.raises(UserError, match="--guidance-interval needs --class"):
+        guided_model(conditional_only(CLASSES), "edm", None, None, 6, (0.3, 5.0))
+    with pytest.raises(UserError, match="needs an EDM-family model"):
+        guided_model(conditional_only(CLASSES), "psld", ONE_HOT, 2.0, 6, (0.3, 5.0))
 
 
 def _valid_nfe(spec) -> int:

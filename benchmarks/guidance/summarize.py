@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from fastdiffusion.bench.provenance import provenance
@@ -17,14 +18,15 @@ def main() -> None:
     args = ap.parse_args()
     uncond = json.loads((args.results / "eval-uncond.json").read_text())
     rows = []
-    for path in sorted(args.results.glob("eval-cond-w*.json"), key=lambda p: float(p.stem.split("-w")[1])):
-        rep = json.loads(path.read_text())
-        res = rep["results"]
-        rows.append({"guidance": float(path.stem.split("-w")[1]), "fd_digits": res["fd-digits"]["value"],
-                     "class_accuracy": res["class-accuracy"]["value"],
-                     "nfe": res["fd-digits"]["protocol"].get("nfe"),
-                     "network_evaluations_per_sample": res["fd-digits"]["protocol"].get("network_evaluations")})
-    out = {"protocol": {**provenance(), "command": "OUT=... bash benchmarks/guidance/run.sh",
+    for path in args.results.glob("eval-cond-*.json"):
+        res = json.loads(path.read_text())["results"]
+        pr = res["fd-digits"]["protocol"]
+        rows.append({"guidance": pr["guidance"], "guidance_interval": pr.get("guidance_interval"),
+                     "fd_digits": res["fd-digits"]["value"], "class_accuracy": res["class-accuracy"]["value"],
+                     "nfe": pr.get("nfe"), "network_evaluations_per_sample": pr.get("network_evaluations")})
+    rows.sort(key=lambda r: (r["guidance_interval"] or [], r["guidance"]))
+    command = f"RUNS='{os.environ.get('RUNS', '')}' OUT=... bash benchmarks/guidance/run.sh"
+    out = {"protocol": {**provenance(), "command": command,
                         "models": {m: json.loads((args.results / f"config-{m}.json").read_text())
                                    for m in ("uncond", "cond")},
                         "eval": uncond["results"]["fd-digits"]["protocol"]},
@@ -37,18 +39,20 @@ def main() -> None:
     out["best_w_rule"] = "lowest FD-digits among W with class accuracy >= 0.99, else the highest accuracy"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "guidance.json").write_text(json.dumps(out, indent=1) + "\n")
-    fig, (a, b) = figure(ncols=2, figsize=(9, 3.4))
-    ws = [r["guidance"] for r in rows]
-    a.plot(ws, [r["fd_digits"] for r in rows], "o-", label="conditional, --class random")
-    a.axhline(out["unconditional"]["fd_digits"], color="gray", ls="--", label="unconditional")
+    fig, (a, b) = figure(ncols=2, figsize=(10, 3.6))
     ev = out["protocol"]["eval"]
-    a.set(xlabel="guidance W", ylabel=f"FD-digits ({ev['n_generated']:,} samples, {ev['sampler']} {ev['nfe']})",
-          title="FD-digits vs W")
-    a.legend()
-    b.plot(ws, [100 * r["class_accuracy"] for r in rows], "o-")
+    for interval in sorted({tuple(r["guidance_interval"] or ()) for r in rows}):
+        line = [r for r in rows if tuple(r["guidance_interval"] or ()) == interval]
+        label = f"guided on sigma in ({interval[0]:g}, {interval[1]:g}]" if interval else "guided at every step"
+        a.plot([r["guidance"] for r in line], [r["fd_digits"] for r in line], "o-", label=label)
+        b.plot([r["guidance"] for r in line], [100 * r["class_accuracy"] for r in line], "o-", label=label)
+    a.axhline(out["unconditional"]["fd_digits"], color="gray", ls="--", label="unconditional model")
+    a.set(xlabel="guidance W", ylabel="FD-digits",
+          title=f"FD-digits, {ev['n_generated']:,} samples, {ev['sampler']} {ev['nfe']} NFE")
+    a.legend(fontsize=8)
     b.axhline(99, color="gray", ls=":", label="99%")
     b.set(xlabel="guidance W", ylabel="class accuracy (%)", title="digits classifier agrees with the class")
-    b.legend()
+    b.legend(fontsize=8)
     save_figure(fig, args.out / "guidance.png")
     print(json.dumps({"unconditional": out["unconditional"], "guided": rows}, indent=1))
 

@@ -20,7 +20,7 @@ from ..cli_args import (
 
 
 def _trajectories(args: argparse.Namespace) -> None:
-    from ..guidance import parse_class
+    from ..guidance import parse_class, parse_interval
     from ..seeds import parse_seeds
     from ..training import distributed
     from .trajectories import generate_trajectories
@@ -33,7 +33,8 @@ def _trajectories(args: argparse.Namespace) -> None:
                               times=args.times, grid=args.grid, schedule=args.schedule, shard_size=args.shard_size,
                               dtype=args.dtype, batch=args.batch, device=d.device, ema=not args.raw,
                               fast=fast_path_options(args), progress=not args.quiet, class_labels=class_labels,
-                              guidance=args.guidance, **hyper)
+                              guidance=args.guidance, guidance_interval=parse_interval(args.guidance_interval),
+                              **hyper)
     finally:
         distributed.teardown()
 

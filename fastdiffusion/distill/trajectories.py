@@ -23,8 +23,9 @@ estimate of every stored state.) With M = 4 this is DSNO's grid: tau = 0, 1/16, 
     seeds  (K,)                 int64
 
 A class-conditional teacher is sampled with ``class_labels`` (a class, 'random' or one per seed) and ``guidance``
-W (``fastdiffusion.guidance``); the manifest then records ``guidance`` (class, W, network evaluations per sample:
-the teacher's NFE counts guided calls, 2 network evaluations each when W != 1) and each shard ``labels``: (K,)
+W, optionally only on ``guidance_interval`` (``fastdiffusion.guidance``); the manifest then records ``guidance``
+(class, W, interval, network evaluations per sample: the teacher's NFE counts guided calls, 2 network evaluations
+each when guided with W != 1) and each shard ``labels``: (K,)
 int64 classes (or the (K, L) one-hot rows given).
 
 A shard is written atomically (temp file + rename) once complete, so an interrupted run is resumed by running the same
@@ -51,11 +52,11 @@ from tqdm.auto import tqdm
 from ..checkpoint import atomic_write_bytes, atomic_write_json, sha256
 from ..errors import UserError
 from ..fastpath import accelerate, sampling_calls
-from ..guidance import ClassSpec, classes_for_seeds, describe, guidance_protocol, model_label_dim
+from ..guidance import ClassSpec, Interval, classes_for_seeds, describe, model_label_dim
 from ..models import load_model, model_meta, resolve_model_file
 from ..samplers import make_sigmas
 from ..samplers.tuning import schedule_options
-from ..sampling import check_sampler_args, model_family, sample, sampling_range
+from ..sampling import check_sampler_args, model_family, sample, sampled_guidance, sampling_range
 from ..seeds import SeededNoise, seed_runs
 from ..training.distributed import rank_world
 
@@ -128,8 +129,9 @@ def _shard_name(index: int) -> str:
 
 
 def _plan(model: nn.Module, teacher: dict, seeds: Sequence[int], *, sampler: str, nfe: int, times: int, grid: str,
-          schedule: str | None, shard_size: int, dtype: str, hyper: dict, conditioning: dict) -> dict:
-    """The manifest: everything that determines the shards' contents."""
+          schedule: str | None, shard_size: int, dtype: str, hyper: dict, conditioning: tuple) -> dict:
+    """The manifest: everything that determines the shards' contents (``conditioning``: class labels, W and the
+    guidance interval)."""
     spec = check_sampler_args(sampler, nfe, hyper)
     if model_family(model) != "edm" or spec.family != "edm":
         raise UserError(f"trajectories need an EDM-family model and sampler (got a {model_family(model)} model and "
@@ -154,6 +156,7 @@ def _plan(model: nn.Module, teacher: dict, seeds: Sequence[int], *, sampler: str
     sigmas = [grid_sigmas[j] for j in steps]
     last_positive = grid_sigmas[-2]
     counts = [min(shard_size, len(seeds) - i) for i in range(0, len(seeds), shard_size)]
+    guidance = sampled_guidance(model, *conditioning, sampler=sampler, nfe=nfe, sigmas=levels, **hyper)
     return {
         "format": FORMAT, "version": VERSION, "contents": CONTENTS, "teacher": teacher,
         "sampler": sampler, "nfe": nfe, "schedule": schedule or spec.schedule, "hyper": hyper,
@@ -163,7 +166,7 @@ def _plan(model: nn.Module, teacher: dict, seeds: Sequence[int], *, sampler: str
         "data_shape": list(model.data_shape), "dtype": dtype, "shard_size": shard_size,
         "num_seeds": len(seeds), "seeds": seed_runs(seeds),
         "shards": [{"file": _shard_name(i), "count": c} for i, c in enumerate(counts)],
-        **({"guidance": conditioning} if conditioning else {}),
+        **({"guidance": guidance} if guidance else {}),
     }
 
 
@@ -220,7 +223,8 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
                           schedule: str | None = None, shard_size: int = 1000, dtype: str = "fp16", batch: int = 256,
                           device: str | torch.device = "cpu", ema: bool = True, fast: dict | None = None,
                           progress: bool = True, rank: int | None = None, world: int | None = None,
-                          class_labels: ClassSpec = None, guidance: float | None = None, **hyper: Any) -> dict:
+                          class_labels: ClassSpec = None, guidance: float | None = None,
+                          guidance_interval: Interval | None = None, **hyper: Any) -> dict:
     """Write the trajectories of ``seeds`` to ``out`` (see the module docstring); returns the manifest.
 
     ``model`` is a model file / checkpoint / run directory (``load_model``; its sha256 goes into the manifest) or a
@@ -244,7 +248,7 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
     labels = classes_for_seeds(class_labels, seeds, model_label_dim(model))
     manifest = _plan(model, teacher, seeds, sampler=sampler, nfe=nfe, times=times, grid=grid, schedule=schedule,
                      shard_size=shard_size, dtype=dtype, hyper=hyper,
-                     conditioning=guidance_protocol(class_labels, guidance, nfe))
+                     conditioning=(class_labels, guidance, guidance_interval))
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "manifest.json"
@@ -282,7 +286,7 @@ def generate_trajectories(model: str | Path | nn.Module, out: str | Path, seeds:
             z = noise_fn.randn(shape, device)
             x = teacher_states(model, z, sampler=sampler, nfe=nfe, steps=manifest["step_index"],
                                noise_fn=noise_fn, sigmas=torch.tensor(manifest["sigma_grid"], dtype=torch.float64),
-                               guidance=guidance,
+                               guidance=guidance, guidance_interval=guidance_interval,
                                class_labels=None if shard_labels is None else shard_labels[lo:lo + batch],
                                **manifest["hyper"])
             noises.append(z.cpu())

@@ -106,7 +106,7 @@ def summary(report: dict) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from ..checkpoint import atomic_write_json
-    from ..guidance import parse_class
+    from ..guidance import parse_class, parse_interval
     from ..training import distributed
     from .evaluate import evaluate
 
@@ -119,6 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                           device=str(d.device), inception=args.inception, sampler_options=parse_kv(args.opt, "--opt"),
                           save_reference_stats=args.save_ref_stats, progress=not args.quiet,
                           fast=fast_path_options(args), class_labels=class_labels, guidance=args.guidance,
+                          guidance_interval=parse_interval(args.guidance_interval),
                           schedule=args.schedule, teleport=args.teleport, afs=args.afs,
                           data_stats=args.data_stats)
         report["command"] = " ".join(["fastdiffusion", *args.argv])

@@ -428,6 +428,7 @@ def evaluate(
     fast: dict | None = None,
     class_labels: int | str | Sequence[int] | None = None,
     guidance: float | None = None,
+    guidance_interval: tuple[float, float] | None = None,
     schedule: str | None = None,
     teleport: float | None = None,
     afs: bool = False,
@@ -441,7 +442,8 @@ def evaluate(
     Each metric's protocol is complete on its own: metric, feature network and its sha256, number of generated and
     reference samples, reference set, sampler, NFE, EMA or raw, seeds, source. When generating, `n` samples (default
     1000) are made for seeds 0..n−1 unless `seeds` says otherwise; for sample files `n` takes the first n.
-    A class-conditional model is sampled with `class_labels` (K, 'random' or one per seed) and `guidance` W.
+    A class-conditional model is sampled with `class_labels` (K, 'random' or one per seed) and `guidance` W (on noise
+    levels in `guidance_interval` (lo, hi] only, if given).
     `teleport` (sigma_T), `afs` and `data_stats` (DATA[@SPLIT], a statistics file or a `GaussianDataStats`; default:
     the model's own, `processes.gaussian_data.resolve_data_stats`) are `sample`'s Gaussian shortcuts; the protocol
     records them and the statistics' source.
@@ -460,7 +462,8 @@ def evaluate(
     chosen = _parse_metrics(metrics)
     d = distributed.setup(str(device))
     s = load_source(model_or_samples, n, seeds, sampler, nfe, ema, batch, d.device, dict(sampler_options or {}),
-                     progress and d.is_main, dict(fast or {}), {"class_labels": class_labels, "guidance": guidance},
+                     progress and d.is_main, dict(fast or {}), {"class_labels": class_labels, "guidance": guidance,
+                                                          "guidance_interval": guidance_interval},
                      schedule, {"teleport": teleport, "afs": afs, "data_stats": data_stats})
     if len(s.x) < 4:
         raise UserError(f"evaluation needs at least 4 samples, got {len(s.x)}")

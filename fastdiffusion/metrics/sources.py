@@ -88,7 +88,8 @@ def _resolve_seeds(seeds: str | Sequence[int] | None, n: int | None) -> list[int
 def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, sampler: str | None, nfe: int | None,
                  ema: bool, batch: int, device: torch.device, gen_options: dict, progress: bool, fast: dict,
                  guidance: dict, schedule: str | None = None, gaussian: dict | None = None) -> Samples:
-    """The samples to evaluate; a model is sampled with ``guidance`` = {'class_labels': ..., 'guidance': ...} and
+    """The samples to evaluate; a model is sampled with ``guidance`` = {'class_labels': ..., 'guidance': ...,
+    'guidance_interval': ...} and
     ``gaussian`` = {'teleport': sigma_T or None, 'afs': bool, 'data_stats': DATA|FILE|GaussianDataStats|None}."""
     from ..checkpoint import sha256
     from ..samplers.tuning import schedule_options
@@ -107,8 +108,9 @@ def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, samp
         from ..models import is_model_path
 
         if not is_model_path(p):
-            if guidance["class_labels"] is not None or guidance["guidance"] is not None:
-                raise UserError(f"{p}: --class and --guidance apply when eval samples a model; this is a sample set")
+            if any(v is not None for v in guidance.values()):
+                raise UserError(f"{p}: --class and --guidance(-interval) apply when eval samples a model; this is a "
+                                f"sample set")
             if _gaussian_asked(gaussian):
                 raise UserError(f"{p}: --teleport, --afs and --data-stats apply when eval samples a model; this is a "
                                 f"sample set")
@@ -139,8 +141,8 @@ def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, samp
         schedule_kw = schedule_options(schedule, sampler, nfe + bool(gaussian_kw.get("afs")), model, gen_options)
         source = {"source": f"in-memory {type(obj).__name__}", "weights": "ema" if ema else "raw"}
     from ..fastpath import fast_path_of
-    from ..guidance import classes_for_seeds, guidance_protocol, model_label_dim
-    from ..sampling import generate
+    from ..guidance import classes_for_seeds, model_label_dim
+    from ..sampling import generate, sampled_guidance
 
     seed_list = _resolve_seeds(seeds, n)
     with torch.no_grad():
@@ -149,7 +151,9 @@ def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, samp
     source["fast_path"] = fast_path_of(model)  # after sampling, whose first calls decide whether to compile
     kind = "image" if x.ndim == 4 else "points"
     protocol = {**source, "sampler": sampler, "nfe": nfe, "schedule": schedule, "seeds": format_seeds(seed_list),
-                **guidance_protocol(guidance["class_labels"], guidance["guidance"], nfe),
+                **sampled_guidance(model, guidance["class_labels"], guidance["guidance"], guidance["guidance_interval"],
+                                   sampler=sampler, nfe=nfe, teleport=gaussian_kw.get("teleport"),
+                                   afs=bool(gaussian_kw.get("afs")), **schedule_kw, **gen_options),
                 **({"teleport": gaussian_kw["teleport"], "afs": gaussian_kw["afs"],
                     "data_stats": gaussian_kw["data_stats"].describe()} if gaussian_kw else {}),
                 **({"sampler_options": gen_options} if gen_options else {})}
