@@ -25,7 +25,7 @@ for m in uncond cond; do
   echo "$m trained in $(( $(date +%s) - start )) s"
 done
 python -m fastdiffusion.cli eval "$RES/runs/uncond" "${ev[@]}" --out "$RES/eval-uncond.json"
-export RUNS=${RUNS:-1 1.2 1.3 1.4 1.5 2 2@0.28,5.42 3@0.28,5.42 4@0.28,5.42 3@0.5,10}  # summarize.py records it
+export RUNS=${RUNS:-1 1.5 2 3 4 1.2 1.3 1.4 2@0.28,5.42 3@0.28,5.42 4@0.28,5.42}  # summarize.py records it
 for run in $RUNS; do
   w=${run%%@*}
   interval=()
