@@ -136,6 +136,17 @@ def conditional_model(tmp_path_factory):
     return path
 
 
+def test_sample_loads_no_optimiser_flop_counter_or_compiler_it_does_not_use(conditional_model, tmp_path):
+    """An eager `sample` must not pay the import of scipy.optimize (tuning), the FLOP counter (`info`) or Inductor."""
+    code = (f"import sys; from fastdiffusion.cli import main; "
+            f"main(['sample', {str(conditional_model)!r}, '--seeds', '0-1', '--nfe', '1', '--sampler', 'euler', "
+            f"'--no-compile', '--quiet', '--out', {str(tmp_path / 's.png')!r}]); "
+            f"print(sorted(m for m in sys.modules if m.startswith(('scipy.optimize', 'torch.utils.flop_counter', "
+            f"'torch._inductor'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.strip().splitlines()[-1] == "[]" and (tmp_path / "s.png").is_file()
+
+
 def test_sample_with_class_and_guidance_end_to_end(conditional_model, tmp_path, capsys):
     import torch
 

@@ -4,7 +4,8 @@
 1. **cli**: trains a small model (``fastdiffusion train --steps 20 --no-compile``), then times
    ``python -m fastdiffusion.cli sample RUN --seeds 0-63 --sampler heun --nfe 35`` in fresh processes: ``--no-compile``;
    ``--compile`` with an empty Inductor cache (cold), then again on the cache it left (warm); the automatic default
-   with an empty cache and on the warm one. With ``--prev-src DIR`` the previous source tree's default runs too, cold
+   with an empty cache and on the warm one (eager and automatic runs ``--repeats`` times, alternating, with medians:
+   process times vary by about a second). With ``--prev-src DIR`` the previous source tree's default runs too, cold
    and warm (``PYTHONPATH=DIR``). Each run records its process wall time, the time in ``fastdiffusion.cli.main``, the
    time in ``generate`` and the fast path the model sampled with (the compile decision and its numbers).
 2. **big**: the same for a job of ``--big-seeds``: no compile, forced compile, then automatic on the cache the forced
@@ -164,12 +165,14 @@ def worker_train(out: Path, net: str, data: str, batch: int, calls: int, device:
 # ------------------------------------------------------------------------------------------------- the driver
 
 
-def child(args: argparse.Namespace, worker: list[str], cache: Path, src: Path = ROOT) -> dict:
-    """Run a worker in a fresh process with Inductor's cache at ``cache`` and ``src`` first on the path."""
+def child(args: argparse.Namespace, worker: list[str], cache: Path, src: Path = ROOT, env: dict | None = None) -> dict:
+    """Run a worker in a fresh process with Inductor's cache at ``cache``, ``src`` first on the path and ``env``
+    added to the environment."""
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1",
+           **(env or {})}
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, __file__, "--worker", *worker[:1], str(out), *worker[1:]], env=env,
@@ -183,20 +186,26 @@ def child(args: argparse.Namespace, worker: list[str], cache: Path, src: Path = 
     return {"wall_s": wall, **result, **({} if rc == 0 else {"error": {"rc": rc, "output": tail}})}
 
 
-def cli_runs(args: argparse.Namespace, run: Path, work: Path, seeds: str, tag: str) -> list[tuple[str, list, Path]]:
-    """(label, flags, cache dir) of the sample runs, in the order they must run (a warm run after its cold one)."""
+def cli_runs(args: argparse.Namespace, run: Path, work: Path, seeds: str, tag: str
+             ) -> list[tuple[str, list, Path, dict]]:
+    """(label, flags, cache dir, environment) of the sample runs, in the order they must run (a warm run after its
+    cold one). The small job's eager and automatic runs are repeated ``--repeats`` times, alternating, as process
+    times vary by about a second; each cold automatic run gets an empty cache of its own."""
     fresh = work / "cache-cli-compile"  # the big job's runs share the cache of the small job's --compile runs
     sample = ["sample", str(run), "--seeds", seeds, "--sampler", args.sampler, "--nfe", str(args.nfe), "--device",
               args.device, "--out", str(work / f"{tag}.npz"), "--quiet"]
     if tag == "big":
-        return [("big no-compile", [*sample, "--no-compile"], work / "cache-unused"),
-                ("big compile", [*sample, "--compile"], fresh),
-                ("big auto (after big compile)", sample, fresh)]
-    return [("no-compile", [*sample, "--no-compile"], work / "cache-unused"),
-            ("compile, cold cache", [*sample, "--compile"], work / "cache-cli-compile"),
-            ("compile, warm cache", [*sample, "--compile"], work / "cache-cli-compile"),
-            ("auto, cold cache", sample, work / "cache-cli-auto"),
-            ("auto, warm cache (after --compile)", sample, work / "cache-cli-compile")]
+        return [("big no-compile", [*sample, "--no-compile"], work / "cache-unused", {}),
+                ("big compile", [*sample, "--compile"], fresh, {}),
+                ("big auto (after big compile)", sample, fresh, {}),
+                ("big auto, one compile thread", sample, fresh, {"TORCHINDUCTOR_COMPILE_THREADS": "1"})]
+    runs = [("compile, cold cache", [*sample, "--compile"], fresh, {}),
+            ("compile, warm cache", [*sample, "--compile"], fresh, {})]
+    for r in range(args.repeats):
+        runs += [("no-compile", [*sample, "--no-compile"], work / "cache-unused", {}),
+                 ("auto, cold cache", sample, work / f"cache-cli-auto-{r}", {}),
+                 ("auto, warm cache (after --compile)", sample, fresh, {})]
+    return runs
 
 
 def line_fit(points: list[tuple[int, float]]) -> dict:
@@ -229,6 +238,17 @@ def suggest(results: dict) -> dict:
     return out
 
 
+def medians(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per label of the runs without error: the median process, main and generate seconds and the run count."""
+    out: dict[str, dict[str, float]] = {}
+    for label in dict.fromkeys(r["label"] for r in rows):
+        same = [r for r in rows if r["label"] == label and "error" not in r]
+        if same:
+            out[label] = {"runs": len(same), **{k: statistics.median(r[k] for r in same)
+                                                for k in ("wall_s", "main_s", "generate_s") if k in same[0]}}
+    return out
+
+
 def summary(results: dict) -> str:
     lines = []
     for key in ("cli", "big"):
@@ -239,6 +259,10 @@ def summary(results: dict) -> str:
             lines.append(f"{r['label']:<36} generate {gen if gen is None else f'{gen:7.2f} s'}  "
                          f"main {r.get('main_s', float('nan')):7.2f} s  process {r['wall_s']:7.2f} s  compiled "
                          f"{fp.get('compile')}{'  ' + decision if decision else ''}{'  ERROR' if 'error' in r else ''}")
+    for label, m in medians(results.get("cli", [])).items():
+        if m["runs"] > 1:
+            lines.append(f"median of {m['runs']}: {label:<36} generate {m['generate_s']:7.2f} s  main "
+                         f"{m['main_s']:7.2f} s  process {m['wall_s']:7.2f} s")
     for key in ("measure", "train"):
         for r in results.get(key, []):
             if "error" in r:
@@ -274,6 +298,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=20, help="timed calls (steps) for each median")
     p.add_argument("--work", type=Path, default=None, help="work directory (default: a new temporary one)")
     p.add_argument("--child-timeout", type=float, default=300.0)
+    p.add_argument("--repeats", type=int, default=3, help="runs of the small job's eager and automatic modes")
     args = p.parse_args()
     parts = [s for s in args.parts.split(",") if s]
     unknown = set(parts) - set(PARTS)
@@ -288,6 +313,7 @@ def main() -> None:
 
     def save() -> None:
         results["suggested_costs"] = suggest(results)
+        results["cli_medians"] = medians(results.get("cli", []))
         atomic_write_json(args.out, results)
 
     run = work / "run"
@@ -302,13 +328,13 @@ def main() -> None:
     def sample_runs(tag: str, seeds: str) -> None:
         runs = cli_runs(args, run, work, seeds, tag)
         if tag == "cli" and args.prev_src:
-            prev = [f for f in runs[0][1] if f != "--no-compile"]
-            runs += [("previous default, cold cache", prev, work / "cache-prev"),
-                     ("previous default, warm cache", prev, work / "cache-prev")]
-        for label, argv, cache in runs:
+            prev = [f for f in runs[0][1] if f != "--compile"]
+            runs += [("previous default, cold cache", prev, work / "cache-prev", {}),
+                     ("previous default, warm cache", prev, work / "cache-prev", {})]
+        for label, argv, cache, env in runs:
             src = args.prev_src.resolve() if label.startswith("previous") else ROOT
-            results.setdefault(tag, []).append({"label": label, "argv": argv, "source": str(src),
-                                                **child(args, ["cli", "--", *argv], cache, src)})
+            results.setdefault(tag, []).append({"label": label, "argv": argv, "source": str(src), "env": env,
+                                                **child(args, ["cli", "--", *argv], cache, src, env)})
             save()
 
     if "cli" in parts and args.seeds:  # first what matters most, should the device time run out

@@ -18,7 +18,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..cli_args import parse_kv
 from ..errors import UserError
@@ -62,6 +61,8 @@ def peak_tflops(device: torch.device) -> float | None:
 
 def count_flops(trainer: Trainer, batch: int, backward: bool) -> float:
     """FLOPs per image of one denoiser forward (and backward) at ``batch``."""
+    from torch.utils.flop_counter import FlopCounterMode  # here: every CLI start imports this module's arguments
+
     model = trainer.model
     x = torch.randn(batch, *trainer.data.shape, device=trainer.dist.device)
     sigma = torch.ones(batch, device=trainer.dist.device)

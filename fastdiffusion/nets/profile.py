@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from fastdiffusion.errors import UserError
 from fastdiffusion.nets import build_net, net_config
@@ -58,6 +57,8 @@ def count_flops(cfg: dict, batch: int = 1) -> int:
     with torch.device("meta"):
         net = build_net(**cfg).eval()
         x, c = _inputs(cfg, batch, "meta")
+    from torch.utils.flop_counter import FlopCounterMode  # here: every CLI start imports this module's arguments
+
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x, c)
     return int(counter.get_total_flops())

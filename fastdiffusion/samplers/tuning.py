@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 from torch import Tensor
 
 from ..checkpoint import atomic_write_json
@@ -172,6 +171,8 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
     x0 = np.concatenate([logits_from_levels(best_levels, lo, hi) if n_z else [],
                          [v / FITTED[k] for k, v in free.items()]])
     if len(x0) and max_evals > len(starts):
+        from scipy.optimize import minimize  # here, not above: `sample` imports this module, and scipy loads slowly
+
         # Coefficients start at their defaults, often 0, where Nelder-Mead's own first step would be ~1e-4 of a unit.
         simplex = np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))]) if free else None
         result = minimize(lambda p: objective(*unpack(p)), x0, method="Nelder-Mead",
