@@ -129,7 +129,8 @@ def _shard_name(index: int) -> str:
 
 
 def _plan(model: nn.Module, teacher: dict, seeds: Sequence[int], *, sampler: str, nfe: int, times: int, grid: str,
-          schedule: str | None, shard_size: int, dtype: str, hyper: dict, conditioning: tuple) -> dict:
+          schedule: str | None, shard_size: int, dtype: str, hyper: dict,
+          conditioning: tuple[ClassSpec, float | None, Interval | None]) -> dict:
     """The manifest: everything that determines the shards' contents (``conditioning``: class labels, W and the
     guidance interval)."""
     spec = check_sampler_args(sampler, nfe, hyper)
