@@ -126,3 +126,12 @@ def test_sample_keeps_fp32_state_and_reaches_the_data():
     # Every sample lands near one of the ring's modes (std 0.1).
     dist = torch.cdist(out.double(), GMM.means).min(dim=1).values
     assert float(dist.quantile(0.99)) < 0.5
+
+
+@pytest.mark.parametrize("schedule", ["karras", "logsnr", "time-uniform", "quadratic"])
+def test_every_schedule_runs_from_sigma_max_to_sigma_min_in_float64(schedule):
+    grid = make_sigmas(schedule, 9, SIGMA_MIN, SIGMA_MAX)
+    assert grid.dtype == torch.float64 and len(grid) == 10 and grid[-1] == 0
+    assert grid[0].item() == pytest.approx(SIGMA_MAX, rel=1e-14)
+    assert grid[-2].item() == pytest.approx(SIGMA_MIN, rel=1e-14)
+    assert bool((grid[:-1] > grid[1:]).all())

@@ -5,6 +5,8 @@ A grid fitted to one model comes from ``fastdiffusion.samplers.tuning`` (``fastd
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,8 +22,7 @@ def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tens
 
 def log_snr(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
     """Uniform in log-SNR = -2 ln sigma (geometric sigmas), DPM-Solver's 'logSNR' skip type."""
-    return torch.linspace(float(torch.tensor(sigma_max).log()), float(torch.tensor(sigma_min).log()), n,
-                          dtype=torch.float64).exp()
+    return torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
 
 
 def time_uniform(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
