@@ -15,6 +15,10 @@
    first three compiled calls (compile, CUDA-graph warm-up and recording) less three steady compiled calls; the
    speed-up is eager over compiled seconds per call (medians).
 4. **train**: the same for a training step of ``--train-net`` on ``--data`` at ``--batch``.
+5. **fifty**: issue 21's 50,000-sample target: a ``--fifty-net`` model (one training step: its weights do not change
+   the time) sampled for ``--fifty-seeds`` at ``--fifty-batch`` by the automatic default on an empty cache, then on the
+   cache it left, against the steady state: the compiled network's seconds per call (``measure`` of the same network
+   and batch, in a fresh process) x the run's network calls. Target: within 10%, compile time included.
 
 The summary fits ``CompileCosts``: per cache state the line through the networks' (modules, compile seconds), the
 smallest speed-up, and the training cost factor and step speed-up.
@@ -40,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PARTS = ("cli", "measure", "train", "big")  # in the order they run
+PARTS = ("cli", "measure", "train", "big", "fifty")  # in the order they run
 
 
 def _sync(device: str) -> None:
@@ -208,6 +212,41 @@ def cli_runs(args: argparse.Namespace, run: Path, work: Path, seeds: str, tag: s
     return runs
 
 
+def fifty(args: argparse.Namespace, work: Path, results: dict, save: Callable[[], None]) -> None:
+    """Part 5 (see the module docstring): results['fifty'] holds the runs and their ratio to the steady state."""
+    run = work / "run-fifty"
+    if not (run / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "fastdiffusion.cli", "train", "--data", args.data, "--net",
+                        args.fifty_net, "--steps", "1", "--batch", "8", "--no-compile", "--device", args.device,
+                        "--run-dir", str(run), "--ckpt-every", "1", "--grid-images", "4", "--quiet"], check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    from fastdiffusion.models import load_model
+
+    channels, _, resolution = load_model(run).data_shape
+    spec = f"{args.fifty_net}:{args.fifty_batch}:{resolution}:{channels}"
+    out = results.setdefault("fifty", {"spec": spec, "runs": []})
+    out["measure"] = child(args, ["measure", spec, str(args.calls), args.device], work / "cache-fifty-measure")
+    save()
+    seeds = args.fifty_seeds
+    n = len(parse_seed_list(seeds))
+    calls = -(-n // args.fifty_batch) * args.nfe  # full batches at the compiled batch size
+    out["steady_s"] = calls * out["measure"].get("compiled_s", float("nan"))
+    sample = ["sample", str(run), "--seeds", seeds, "--sampler", args.sampler, "--nfe", str(args.nfe), "--batch",
+              str(args.fifty_batch), "--device", args.device, "--out", str(work / "fifty.npz"), "--quiet"]
+    for label in ("50k auto, cold cache", "50k auto, warm cache"):
+        r = {"label": label, "argv": sample, **child(args, ["cli", "--", *sample], work / "cache-fifty")}
+        if r.get("generate_s"):
+            r["generate_over_steady"] = r["generate_s"] / out["steady_s"]
+        out["runs"].append(r)
+        save()
+
+
+def parse_seed_list(text: str) -> list[int]:
+    from fastdiffusion.seeds import parse_seeds
+
+    return parse_seeds(text)
+
+
 def line_fit(points: list[tuple[int, float]]) -> dict:
     """Seconds = base + per_module x modules through the points (a single point: through the origin)."""
     if len(points) < 2:
@@ -271,6 +310,11 @@ def summary(results: dict) -> str:
             lines.append(f"{key} {r.get('spec', r.get('net'))} ({r['modules']} modules) {r['cache']}: eager "
                          f"{r['eager_s'] * 1e3:.2f} ms, compiled {r['compiled_s'] * 1e3:.2f} ms (x{r['speedup']:.2f}), "
                          f"compile {r['compile_s']:.1f} s")
+    fifty_out = results.get("fifty", {})
+    for r in fifty_out.get("runs", []):
+        lines.append(f"{r['label']:<36} generate {r.get('generate_s') or float('nan'):7.2f} s  process "
+                     f"{r['wall_s']:7.2f} s  steady state {fifty_out.get('steady_s', float('nan')):7.2f} s  ratio "
+                     f"{r.get('generate_over_steady', float('nan')):.3f}{'  ERROR' if 'error' in r else ''}")
     if results.get("suggested_costs"):
         lines.append("suggested CompileCosts: " + ", ".join(f"{k}={v:.4g}" for k, v in
                                                               sorted(results["suggested_costs"].items())))
@@ -299,6 +343,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="work directory (default: a new temporary one)")
     p.add_argument("--child-timeout", type=float, default=300.0)
     p.add_argument("--repeats", type=int, default=3, help="runs of the small job's eager and automatic modes")
+    p.add_argument("--fifty-net", default="ddpmpp-cifar10", help="network of the fifty part (EDM's CIFAR-10, 56M)")
+    p.add_argument("--fifty-seeds", default="0-49999")
+    p.add_argument("--fifty-batch", type=int, default=1024)
     args = p.parse_args()
     parts = [s for s in args.parts.split(",") if s]
     unknown = set(parts) - set(PARTS)
@@ -356,6 +403,8 @@ def main() -> None:
             save()
     if "big" in parts and args.big_seeds:
         sample_runs("big", args.big_seeds)
+    if "fifty" in parts:
+        fifty(args, work, results, save)
     save()
     print(summary(results))
     print(f"-> {args.out} (work: {work})")
