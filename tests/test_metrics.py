@@ -133,6 +133,12 @@ def test_fd_digits_zero_on_itself_and_ordered_by_corruption(digits):
         assert fds[0] < fds[1] < fds[2], (name, fds)
 
 
+def test_fd_digits_renders_a_named_split_at_the_samples_resolution():
+    te16 = load_dataset("digits", resolution=16, split="test").x
+    assert fd_digits(te16, "test") == pytest.approx(0.0, abs=1e-6)  # not the 32-px renders, which differ
+    assert fd_digits(te16, load_dataset("digits", resolution=32, split="test").x) > 1.0
+
+
 def test_fd_prdc_and_memorization_separate_good_noisy_and_memorising(digits):
     tr, te = digits["train"], digits["test"]
     g = torch.Generator().manual_seed(1)

@@ -174,9 +174,10 @@ def main(args: argparse.Namespace) -> dict:
         result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
                      tuning_seeds=tuning_seeds, tune_nfes=args.tune_nfe or args.nfe, batch=args.batch,
                      max_evals=args.max_evals, device=d.device, digits=digits)
+    fd = f"FD-digits vs the digits test split at {model.data_shape[-1]} px" if digits else None
     result["protocol"] = {"model": str(args.model), "eval_seeds": format_seeds(eval_seeds),
-                          "tuning_seeds": format_seeds(tuning_seeds), "fd": "FD-digits vs the digits32 test split"
-                          if digits else None, "reference": f"{REFERENCE[0]} {REFERENCE[1]} NFE, same seeds",
+                          "tuning_seeds": format_seeds(tuning_seeds), "fd": fd,
+                          "reference": f"{REFERENCE[0]} {REFERENCE[1]} NFE, same seeds",
                           "hf_energy": "mean squared 3x3 Laplacian at full resolution",
                           "fast_path": "bf16 autocast, channels_last, no compile" if d.device.type == "cuda" else
                           "fp32 eager", **provenance(d.device)}

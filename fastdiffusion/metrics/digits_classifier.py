@@ -159,11 +159,13 @@ def fd_digits(
     batch: int = 500,
     device: str | torch.device | None = None,
 ) -> float:
-    """FD between the classifier features of `samples` and of `reference` (a digits split name or images).
+    """FD between the classifier features of `samples` and of `reference` (a digits split name, rendered at the
+    samples' resolution as `eval`'s `digits16@test` is, or images).
 
     `samples` and `reference` images: (N, C, H, W) in [−1, 1] at any size. At least 2 images each.
     """
-    ref = digits_reference(reference) if isinstance(reference, str) else digits_features(reference, batch, device)
+    ref = (digits_reference(reference, samples.shape[-1]) if isinstance(reference, str)
+           else digits_features(reference, batch, device))
     fs = FeatureStats(FEATURE_DIM).update(digits_features(samples, batch, device))
     fr = FeatureStats(FEATURE_DIM).update(ref)
     return fs.stats().frechet_distance(fr.stats())
