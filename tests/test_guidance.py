@@ -113,7 +113,7 @@ def test_interval_guidance_counts_the_network_evaluations_it_makes(name, hyper):
     assert nfe < made < 2 * nfe and protocol["network_evaluations"] == made
     assert protocol["guidance_interval"] == [0.5, 10.0] and protocol["class"] == "per-seed"
     levels = network_levels(plan_sampling(fake, sampler=name, nfe=nfe, **hyper))
-    assert len(levels) == nfe and levels[0] >= 80.0 and all(s > 0 for s in levels)  # churn raises the first
+    assert len(levels) == nfe and levels[0] > 79.999 and all(s > 0 for s in levels)  # churn raises the first
     # an interval holding every level is plain guidance; one holding none is the conditional model
     whole = fd.sample(LabelReadingDenoiser(), noise, sampler=name, nfe=nfe, class_labels=ONE_HOT, guidance=2.0,
                       guidance_interval=(0.0, float("inf")), noise_fn=SeededNoise(seeds), **hyper)
