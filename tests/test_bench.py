@@ -161,3 +161,34 @@ def test_psld_entry_end_to_end(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| nse@quadratic |" in md and "(19)" in md and "## Target" in md and "## Tuned hyperparameters" in md
     assert (tmp_path / "error_vs_nfe.png").read_bytes()[:8] == PNG
+
+
+def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
+    import fastdiffusion as fd
+    from fastdiffusion.bench.model_samplers import hf_energy
+    from fastdiffusion.metrics.digits_classifier import fd_digits
+
+    run = tmp_path / "run"
+    assert cli_main(["train", "--data", "digits16", "--net", "ddpmpp-tiny", "--batch", "16", "--steps", "4",
+                     "--ckpt-every", "4", "--grid-images", "4", "--grid-nfe", "3", "--run-dir", str(run),
+                     "--quiet"]) == 0
+    args = ["bench", "samplers", str(run), "--schedules", "karras", "--nfe", "3,4", "--seeds", "0-7",
+            "--tuning-seeds", "100-103", "--batch", "8", "--threads", "2", "--out", str(tmp_path / "table")]
+    assert cli_main([*args, "--samplers", "euler,ipndm:order=2"]) == 0
+    result = json.loads((tmp_path / "table" / "model_samplers.json").read_text())
+    rows = {(r["sampler"], r["nfe"]): r for r in result["results"]}
+    assert set(rows) == {("euler", 3), ("euler", 4), ("ipndm:order=2", 3), ("ipndm:order=2", 4)}
+    assert rows[("ipndm:order=2", 4)]["sampler_options"] == {"order": 2}
+    assert result["protocol"]["fd"] == "FD-digits vs the digits test split at 16 px"
+    model = fd.load_model(run)
+    with torch.no_grad():
+        x = fd.generate(model, list(range(8)), batch=8, sampler="ipndm", nfe=4, schedule="karras", order=2,
+                        progress=False)
+        ref = fd.generate(model, list(range(8)), batch=8, sampler="heun", nfe=35, progress=False)
+    row = rows[("ipndm:order=2", 4)]
+    assert row["fd_digits"] == pytest.approx(fd_digits(x, "test"), rel=1e-6)
+    assert row["rms_to_reference"] == pytest.approx(float((x - ref).square().mean().sqrt()), rel=1e-5)
+    assert row["hf_ratio"] == pytest.approx(hf_energy(x) / hf_energy(ref), rel=1e-5)
+    capsys.readouterr()
+    assert cli_main([*args, "--samplers", "ipndm:lam=2"]) == 2
+    assert "sampler 'ipndm' has no option lam" in capsys.readouterr().err

@@ -75,8 +75,12 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
     tune_noise = SeededNoise(tuning_seeds).randn(model.data_shape, device)
     tune_ref = reference_solve(model, tune_noise) if "model" in schedules else None
     rows = []
-    for name in samplers:
+    for label in samplers:
+        name, options = sampler_entry(label)
         spec = get_sampler(name)
+        if options and "model" in schedules:
+            raise UserError(f"--samplers {label}: sampler options and the 'model' schedule do not mix (the fit tunes "
+                            f"the default sampler); drop one")
         for nfe in nfes:
             try:
                 steps = spec.steps(nfe)
@@ -85,8 +89,9 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
             for schedule in schedules:
                 if schedule == "model" and nfe not in tune_nfes:
                     continue
-                row: dict = {"sampler": name, "schedule": schedule, "nfe": nfe}
-                hyper: dict[str, float] = {}
+                row: dict = {"sampler": label, "schedule": schedule, "nfe": nfe,
+                             **({"sampler_options": options} if options else {})}
+                hyper: dict[str, float] = dict(options)
                 if schedule == "model":
                     t0 = time.perf_counter()
                     tuned = fit_schedule(model, sampler=name, nfe=nfe, noise=tune_noise, reference=tune_ref,
@@ -103,6 +108,18 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                 rows.append(row)
                 print(_line(row), flush=True)
     return {"reference": reference, "results": rows}
+
+
+def sampler_entry(label: str) -> tuple[str, dict]:
+    """'ipndm:order=2' -> ('ipndm', {'order': 2}): a ``--samplers`` entry with its sampler options."""
+    from ..cli_args import parse_kv
+
+    name, _, rest = label.partition(":")
+    options = parse_kv(rest.split(":") if rest else [], f"--samplers {label}")
+    unknown = set(options) - set(get_sampler(name).hyper)
+    if unknown:
+        raise UserError(f"--samplers {label}: sampler '{name}' has no option {', '.join(sorted(unknown))}")
+    return name, options
 
 
 def _line(row: dict) -> str:

@@ -110,7 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--batch", type=int, default=1000, help="samples per batch")
     m.add_argument("--device", default="auto")
     p.add_argument("--samplers", help="comma list of name or name@schedule (default: every deterministic "
-                   "EDM-family sampler at its default schedule)")
+                   "EDM-family sampler at its default schedule); with MODEL, name[:KEY=VALUE...] (e.g. ipndm:order=2)")
     p.add_argument("--nfe", type=int_list, help=f"comma list (default {','.join(map(str, NFES))})")
     p.add_argument("--dims", type=int_list, default=[2, 64], help="mixture dimensions to run: 2, 64 (default both)")
     p.add_argument("--n", type=int, help="samples per problem (default 1000; 64 with --quick)")
