@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from fastdiffusion.bench.provenance import provenance
+from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.plots import figure, save_figure
 
 
@@ -38,7 +39,7 @@ def main() -> None:
                      else max(rows, key=lambda r: (r["class_accuracy"], -r["fd_digits"])))
     out["best_w_rule"] = "lowest FD-digits among W with class accuracy >= 0.99, else the highest accuracy"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "guidance.json").write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_json(args.out / "guidance.json", out)  # rewritten after every evaluation: never half-written
     fig, (a, b) = figure(ncols=2, figsize=(10, 3.6))
     ev = out["protocol"]["eval"]
     for interval in sorted({tuple(r["guidance_interval"] or ()) for r in rows}):
