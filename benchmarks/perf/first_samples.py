@@ -13,7 +13,8 @@
 3. **measure**: per network (``NET:BATCH:RES:CHANNELS``), in fresh processes with an empty cache, then on the cache it
    left: the sampling network (bf16, channels_last, CUDA graphs on a GPU) eager and compiled. The compile cost is the
    first three compiled calls (compile, CUDA-graph warm-up and recording) less three steady compiled calls; the
-   speed-up is eager over compiled seconds per call (medians).
+   speed-up is eager over compiled seconds per call (medians). A spec ending in ``:regional`` compiles each U-Net
+   block on its own instead (blocks of one shape share their code; no CUDA graphs), and the cost fit leaves it out.
 4. **train**: the same for a training step of ``--train-net`` on ``--data`` at ``--batch``.
 5. **fifty**: issue 21's 50,000-sample target: a ``--fifty-net`` model (one training step: its weights do not change
    the time) sampled for ``--fifty-seeds`` at ``--fifty-batch`` by the automatic default on an empty cache, then on the
@@ -108,7 +109,7 @@ def worker_measure(out: Path, spec: str, calls: int, device: str) -> None:
     from fastdiffusion.nets import net_config
     from fastdiffusion.processes import make_process
 
-    net, batch, res, ch = spec.split(":")
+    net, batch, res, ch, *mode = spec.split(":")
     batch, res, ch = int(batch), int(res), int(ch)
     torch.manual_seed(0)
     meta = {"process": make_process("edm").config(), "data_shape": [ch, res, res],
@@ -117,7 +118,17 @@ def worker_measure(out: Path, spec: str, calls: int, device: str) -> None:
     compiled = copy.deepcopy(eager)
     modules, params = module_count(eager.net), sum(p.numel() for p in eager.net.parameters())
     accelerate(eager, device, compile=False)
-    accelerate(compiled, device, compile=True)
+    if mode == ["regional"]:
+        from fastdiffusion.fastpath import use_compile_cache
+        from fastdiffusion.nets.unet import UNetBlock
+
+        accelerate(compiled, device, compile=False)
+        use_compile_cache()
+        for block in compiled.net.modules():
+            if isinstance(block, UNetBlock):
+                block.compile(dynamic=False)
+    else:
+        accelerate(compiled, device, compile=True)
     x = torch.randn(batch, ch, res, res, device=device)
     c_noise = torch.full((batch,), 0.25, device=device)
 
@@ -260,7 +271,7 @@ def line_fit(points: list[tuple[int, float]]) -> dict:
 def suggest(results: dict) -> dict:
     """The ``CompileCosts`` fields these measurements give (see its docstring)."""
     out: dict = {}
-    rows = [r for r in results.get("measure", []) if "error" not in r]
+    rows = [r for r in results.get("measure", []) if "error" not in r and not r["spec"].endswith(":regional")]
     for state in ("cold", "warm"):
         points = sorted((r["modules"], r["compile_s"]) for r in rows if r["cache"] == state)
         if points:
