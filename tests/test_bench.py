@@ -192,3 +192,31 @@ def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main([*args, "--samplers", "ipndm:lam=2"]) == 2
     assert "sampler 'ipndm' has no option lam" in capsys.readouterr().err
+
+
+def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_first_step(tmp_path):
+    import fastdiffusion as fd
+    from fastdiffusion.metrics.digits_classifier import fd_digits
+    from fastdiffusion.processes.gaussian_data import resolve_data_stats
+
+    run = tmp_path / "run"
+    assert cli_main(["train", "--data", "digits16", "--net", "ddpmpp-tiny", "--batch", "16", "--steps", "4",
+                     "--ckpt-every", "4", "--grid-images", "4", "--grid-nfe", "3", "--run-dir", str(run),
+                     "--quiet"]) == 0
+    assert cli_main(["bench", "samplers", str(run), "--samplers", "ipndm", "--schedules", "model,model+afs",
+                     "--nfe", "3,4", "--seeds", "0-7", "--tuning-seeds", "100-103", "--max-evals", "6", "--batch",
+                     "8", "--threads", "2", "--out", str(tmp_path / "table")]) == 0
+    result = json.loads((tmp_path / "table" / "model_samplers.json").read_text())
+    rows = {(r["schedule"], r["nfe"]): r for r in result["results"]}
+    assert set(rows) == {("model", 3), ("model", 4), ("model+afs", 3), ("model+afs", 4)}
+    # one fit per sampler and number of calls: model+afs at NFE 3 runs the NFE-4 grid, its first call analytic
+    afs, fitted = rows[("model+afs", 3)], rows[("model", 4)]
+    assert afs["sigmas"] == fitted["sigmas"] and afs["tuning_nfe"] == 4 and len(afs["sigmas"]) == 5
+    assert afs["tuning_seconds"] == fitted["tuning_seconds"]
+    assert result["protocol"]["afs_data_stats"] == "the run's training data"
+    model = fd.load_model(run)
+    with torch.no_grad():
+        x = fd.generate(model, list(range(8)), batch=8, sampler="ipndm", nfe=3,
+                        sigmas=torch.tensor(afs["sigmas"], dtype=torch.float64), afs=True,
+                        data_stats=resolve_data_stats(run, None, model.data_shape), progress=False)
+    assert afs["fd_digits"] == pytest.approx(fd_digits(x, "test"), rel=1e-6)

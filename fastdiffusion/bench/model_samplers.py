@@ -3,7 +3,8 @@
 Per run: FD on the bundled digits classifier (models whose run trained on the digits), the RMS to the Heun-35
 endpoint from the same noise, the last positive noise level and the high-frequency energy against Heun-35's (no win
 by blur). The ``model`` schedule is fitted per sampler and NFE on tuning seeds disjoint from the evaluation seeds
-(``samplers.tuning``).
+(``samplers.tuning``); ``model+afs`` runs the grid fitted for NFE + 1 calls with its first call answered by the data's
+Gaussian denoiser (the analytic first step), so NFE network calls.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from ..checkpoint import atomic_write_bytes, atomic_write_json
 from ..errors import UserError
 from ..models import ProcessModel
 from ..plots import figure, save_figure
+from ..processes.gaussian_data import GaussianDataStats, resolve_data_stats
 from ..samplers import get_sampler, make_sigmas
 from ..samplers.tuning import fit_schedule, reference_solve
-from ..sampling import generate, sampling_range
+from ..sampling import check_sampler_args, generate, sampling_range
 from ..seeds import SeededNoise, format_seeds, parse_seeds
 from .provenance import provenance
 
 SAMPLERS = ("dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim")
 SCHEDULES = ("karras", "logsnr", "model")  # 'model': fitted to this model (``fastdiffusion tune``)
+FITTED = ("model", "model+afs")  # the schedules fitted to the model; 'model+afs' needs the data statistics
 NFES = (4, 5, 6, 8, 10)
 EVAL_SEEDS = "100000-100999"
 TUNING_SEEDS = "1000000-1000255"
@@ -55,8 +58,9 @@ def trained_on_digits(path: str | Path) -> bool:
 
 def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str], nfes: Sequence[int],
         eval_seeds: list[int], tuning_seeds: list[int], tune_nfes: Sequence[int], batch: int, max_evals: int,
-        device: torch.device, digits: bool) -> dict:
-    """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the Heun-35 reference."""
+        device: torch.device, digits: bool, data_stats: GaussianDataStats | None = None) -> dict:
+    """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the Heun-35 reference;
+    ``data_stats`` for the ``model+afs`` schedule."""
     from ..metrics.digits_classifier import fd_digits
 
     lo, hi = sampling_range(model)
@@ -73,13 +77,14 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
     reference = {"sampler": REFERENCE[0], "nfe": REFERENCE[1], **metrics(ref, ref),
                  "seconds": time.perf_counter() - t0}
     tune_noise = SeededNoise(tuning_seeds).randn(model.data_shape, device)
-    tune_ref = reference_solve(model, tune_noise) if "model" in schedules else None
+    tune_ref = reference_solve(model, tune_noise) if set(FITTED) & set(schedules) else None
+    fits: dict[tuple[str, int], dict] = {}  # (sampler, calls) -> the fitted grid and its tuning record
     rows = []
     for label in samplers:
         name, options = sampler_entry(label)
         spec = get_sampler(name)
-        if options and "model" in schedules:
-            raise UserError(f"--samplers {label}: sampler options and the 'model' schedule do not mix (the fit tunes "
+        if options and set(FITTED) & set(schedules):
+            raise UserError(f"--samplers {label}: sampler options and the fitted schedules do not mix (the fit tunes "
                             f"the default sampler); drop one")
         for nfe in nfes:
             try:
@@ -87,22 +92,33 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
             except UserError:
                 continue
             for schedule in schedules:
-                if schedule == "model" and nfe not in tune_nfes:
+                afs = schedule == "model+afs"
+                if schedule in FITTED and nfe not in tune_nfes:
                     continue
+                if afs:
+                    try:
+                        check_sampler_args(name, nfe, {}, afs=True)
+                    except UserError:
+                        continue
                 row: dict = {"sampler": label, "schedule": schedule, "nfe": nfe,
                              **({"sampler_options": options} if options else {})}
                 hyper: dict[str, float] = dict(options)
-                if schedule == "model":
-                    t0 = time.perf_counter()
-                    tuned = fit_schedule(model, sampler=name, nfe=nfe, noise=tune_noise, reference=tune_ref,
-                                         max_evals=max_evals)
-                    sigmas, hyper = tuned.sigmas, tuned.hyper
-                    row.update(hyper=hyper, tuning_seconds=time.perf_counter() - t0, tuning_value=tuned.value,
-                               tuning_start=tuned.start, tuning_evaluations=tuned.evaluations)
+                if schedule in FITTED:
+                    calls = nfe + afs
+                    if (name, calls) not in fits:
+                        t0 = time.perf_counter()
+                        tuned = fit_schedule(model, sampler=name, nfe=calls, noise=tune_noise, reference=tune_ref,
+                                             max_evals=max_evals)
+                        fits[name, calls] = {"sigmas": tuned.sigmas, "hyper": tuned.hyper,
+                                             "tuning_seconds": time.perf_counter() - t0, "tuning_value": tuned.value,
+                                             "tuning_start": tuned.start, "tuning_evaluations": tuned.evaluations}
+                    fit = fits[name, calls]
+                    sigmas, hyper = fit["sigmas"], fit["hyper"]
+                    row.update({k: v for k, v in fit.items() if k != "sigmas"}, tuning_nfe=calls)
                 else:
                     sigmas = make_sigmas(schedule, steps, lo, hi)
                 x = generate(model, eval_seeds, batch=batch, device=device, sampler=name, nfe=nfe, sigmas=sigmas,
-                             progress=False, **hyper)
+                             progress=False, **({"afs": True, "data_stats": data_stats} if afs else {}), **hyper)
                 row.update(sigmas=sigmas.tolist(), last_sigma=float(sigmas[-2]), **metrics(x, ref))
                 row["hf_ratio"] = row["hf_energy"] / reference["hf_energy"]
                 rows.append(row)
@@ -187,15 +203,17 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError("--seeds and --tuning-seeds overlap: evaluation must use fresh noise")
     samplers = args.samplers.split(",") if args.samplers else list(SAMPLERS)
     schedules = args.schedules.split(",") if args.schedules else list(SCHEDULES)
+    data_stats = resolve_data_stats(args.model, args.data_stats, model.data_shape) if "model+afs" in schedules else None
     with torch.no_grad():
         result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
                      tuning_seeds=tuning_seeds, tune_nfes=args.tune_nfe or args.nfe, batch=args.batch,
-                     max_evals=args.max_evals, device=d.device, digits=digits)
+                     max_evals=args.max_evals, device=d.device, digits=digits, data_stats=data_stats)
     fd = f"FD-digits vs the digits test split at {model.data_shape[-1]} px" if digits else None
     result["protocol"] = {"model": str(args.model), "eval_seeds": format_seeds(eval_seeds),
                           "tuning_seeds": format_seeds(tuning_seeds), "fd": fd,
                           "reference": f"{REFERENCE[0]} {REFERENCE[1]} NFE, same seeds",
                           "hf_energy": "mean squared 3x3 Laplacian at full resolution",
+                          **({"afs_data_stats": args.data_stats or "the run's training data"} if data_stats else {}),
                           "fast_path": "bf16 autocast, channels_last, no compile" if d.device.type == "cuda" else
                           "fp32 eager", **provenance(d.device)}
     out = Path(args.out)

@@ -101,7 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "schedule x NFE: FD-digits, RMS to Heun-35, last sigma, HF energy) instead of the mixtures")
     m = p.add_argument_group("with MODEL")
     m.add_argument("--schedules", help=f"comma list (default {','.join(model_samplers.SCHEDULES)}; 'model' fits "
-                   "the grid to the model per sampler and NFE)")
+                   "the grid to the model per sampler and NFE; 'model+afs' runs the grid fitted for NFE + 1 calls "
+                   "with an analytic first step)")
+    m.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for 'model+afs' (default: "
+                   "from the run's training data)")
     m.add_argument("--seeds", default=model_samplers.EVAL_SEEDS, help="evaluation seeds")
     m.add_argument("--tuning-seeds", default=model_samplers.TUNING_SEEDS, help="seeds of the 'model' schedule's "
                    "tuning noise (disjoint from --seeds)")
