@@ -284,6 +284,23 @@ def test_sample_cli_teleport_and_afs_end_to_end(run_dir, tmp_path, capsys):
     assert "--data-stats is used only by" in capsys.readouterr().err
 
 
+def test_a_schedule_tuned_for_one_more_call_runs_with_afs(run_dir, tmp_path):
+    sched, out = tmp_path / "s.json", tmp_path / "x.npz"
+    assert main(["tune", str(run_dir), "--sampler", "ipndm", "--nfe", "4", "--seeds", "0-3", "--max-evals", "4",
+                 "--out", str(sched)]) == 0
+    grid = torch.tensor(json.loads(sched.read_text())["sigmas"], dtype=torch.float64)
+    assert main(["sample", str(run_dir), "--seeds", "0-3", "--quiet", "--sampler", "ipndm", "--nfe", "3", "--afs",
+                 "--schedule", str(sched), "--out", str(out)]) == 0
+    from fastdiffusion.plots import to_uint8
+
+    with torch.no_grad():
+        expect = fd.generate(fd.load_model(run_dir), list(range(4)), sampler="ipndm", nfe=3, sigmas=grid, afs=True,
+                             data_stats=GaussianDataStats.load(run_dir / STATS_FILE), progress=False)
+    assert np.array_equal(np.load(out)["samples"], to_uint8(expect))
+    assert main(["sample", str(run_dir), "--seeds", "0-3", "--quiet", "--sampler", "ipndm", "--nfe", "4", "--afs",
+                 "--schedule", str(sched), "--out", str(out)]) == 2  # 5 calls asked of a 4-call grid
+
+
 def test_eval_cli_records_the_shortcuts_in_its_protocol(run_dir, tmp_path, capsys):
     report = tmp_path / "r.json"
     assert main(["eval", str(run_dir), "--metrics", "fd-digits", "--n", "8", "--sampler", "euler", "--nfe", "2",
