@@ -194,7 +194,7 @@ def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
     assert "sampler 'ipndm' has no option lam" in capsys.readouterr().err
 
 
-def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_first_step(tmp_path):
+def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_first_step(tmp_path, capsys):
     import fastdiffusion as fd
     from fastdiffusion.metrics.digits_classifier import fd_digits
     from fastdiffusion.processes.gaussian_data import resolve_data_stats
@@ -220,3 +220,6 @@ def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_fir
                         sigmas=torch.tensor(afs["sigmas"], dtype=torch.float64), afs=True,
                         data_stats=resolve_data_stats(run, None, model.data_shape), progress=False)
     assert afs["fd_digits"] == pytest.approx(fd_digits(x, "test"), rel=1e-6)
+    assert cli_main(["bench", "samplers", str(run), "--schedules", "karras", "--data-stats", "digits",
+                     "--out", str(tmp_path / "t2")]) == 2
+    assert "--data-stats is used only by the 'model+afs' schedule" in capsys.readouterr().err

@@ -203,6 +203,9 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError("--seeds and --tuning-seeds overlap: evaluation must use fresh noise")
     samplers = args.samplers.split(",") if args.samplers else list(SAMPLERS)
     schedules = args.schedules.split(",") if args.schedules else list(SCHEDULES)
+    if args.data_stats is not None and "model+afs" not in schedules:
+        raise UserError("--data-stats is used only by the 'model+afs' schedule: add it to --schedules or drop "
+                        "--data-stats")
     data_stats = resolve_data_stats(args.model, args.data_stats, model.data_shape) if "model+afs" in schedules else None
     with torch.no_grad():
         result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
