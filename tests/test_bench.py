@@ -192,6 +192,18 @@ def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main([*args, "--samplers", "ipndm:lam=2"]) == 2
     assert "sampler 'ipndm' has no option lam" in capsys.readouterr().err
+    # a grid fitted with sampler options is fitted for the sampler as the options make it
+    from fastdiffusion.samplers.tuning import fit_schedule
+    from fastdiffusion.seeds import SeededNoise
+
+    assert cli_main(["bench", "samplers", str(run), "--samplers", "ipndm:order=2", "--schedules", "model", "--nfe",
+                     "4", "--seeds", "0-7", "--tuning-seeds", "100-103", "--max-evals", "5", "--batch", "8",
+                     "--threads", "2", "--out", str(tmp_path / "fit")]) == 0
+    row, = json.loads((tmp_path / "fit" / "model_samplers.json").read_text())["results"]
+    with torch.no_grad():
+        want = fit_schedule(model, sampler="ipndm", nfe=4, noise=SeededNoise([100, 101, 102, 103]).randn(
+            model.data_shape, "cpu"), max_evals=5, order=2)
+    assert row["sigmas"] == want.sigmas.tolist() and row["sampler_options"] == {"order": 2}
 
 
 def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_first_step(tmp_path, capsys):

@@ -78,14 +78,11 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                  "seconds": time.perf_counter() - t0}
     tune_noise = SeededNoise(tuning_seeds).randn(model.data_shape, device)
     tune_ref = reference_solve(model, tune_noise) if set(FITTED) & set(schedules) else None
-    fits: dict[tuple[str, int], dict] = {}  # (sampler, calls) -> the fitted grid and its tuning record
+    fits: dict[tuple[str, int], dict] = {}  # (--samplers entry, calls) -> the fitted grid and its tuning record
     rows = []
     for label in samplers:
         name, options = sampler_entry(label)
         spec = get_sampler(name)
-        if options and set(FITTED) & set(schedules):
-            raise UserError(f"--samplers {label}: sampler options and the fitted schedules do not mix (the fit tunes "
-                            f"the default sampler); drop one")
         for nfe in nfes:
             try:
                 steps = spec.steps(nfe)
@@ -105,15 +102,15 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                 hyper: dict[str, float] = dict(options)
                 if schedule in FITTED:
                     calls = nfe + afs
-                    if (name, calls) not in fits:
+                    if (label, calls) not in fits:  # the grid is fitted for the sampler with its options
                         t0 = time.perf_counter()
                         tuned = fit_schedule(model, sampler=name, nfe=calls, noise=tune_noise, reference=tune_ref,
-                                             max_evals=max_evals)
-                        fits[name, calls] = {"sigmas": tuned.sigmas, "hyper": tuned.hyper,
-                                             "tuning_seconds": time.perf_counter() - t0, "tuning_value": tuned.value,
-                                             "tuning_start": tuned.start, "tuning_evaluations": tuned.evaluations}
-                    fit = fits[name, calls]
-                    sigmas, hyper = fit["sigmas"], fit["hyper"]
+                                             max_evals=max_evals, **options)
+                        fits[label, calls] = {"sigmas": tuned.sigmas, "hyper": tuned.hyper,
+                                              "tuning_seconds": time.perf_counter() - t0, "tuning_value": tuned.value,
+                                              "tuning_start": tuned.start, "tuning_evaluations": tuned.evaluations}
+                    fit = fits[label, calls]
+                    sigmas, hyper = fit["sigmas"], {**options, **fit["hyper"]}
                     row.update({k: v for k, v in fit.items() if k != "sigmas"}, tuning_nfe=calls)
                 else:
                     sigmas = make_sigmas(schedule, steps, lo, hi)
