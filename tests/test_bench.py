@@ -235,3 +235,25 @@ def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_fir
     assert cli_main(["bench", "samplers", str(run), "--schedules", "karras", "--data-stats", "digits",
                      "--out", str(tmp_path / "t2")]) == 2
     assert "--data-stats is used only by the 'model+afs' schedule" in capsys.readouterr().err
+
+
+def test_fitted_vs_fixed_picks_the_best_rows_and_counts_only_sharp_fits():
+    from fastdiffusion.bench.model_samplers import fitted_vs_fixed, markdown
+
+    def row(sampler, schedule, nfe, fd, hf):
+        return {"sampler": sampler, "schedule": schedule, "nfe": nfe, "fd_digits": fd, "hf_ratio": hf,
+                "last_sigma": 0.002}
+
+    result = {"reference": {"sampler": "heun", "nfe": 35, "fd_digits": 80.0},
+              "results": [row("a", "karras", 4, 200.0, 1.5), row("a", "logsnr", 4, 160.0, 1.2),
+                          row("a", "model", 4, 60.0, 1.3), row("b", "model+afs", 4, 100.0, 0.95),
+                          row("a", "karras", 5, 120.0, 1.0), row("a", "model", 5, 90.0, 1.2),
+                          row("a", "karras", 6, 100.0, 1.0)]}
+    nfe4, nfe5 = fitted_vs_fixed(result)  # NFE 6 has no fitted row
+    assert nfe4["best_fixed"]["fd_digits"] == 160.0 and nfe4["best_fitted"]["fd_digits"] == 60.0
+    assert nfe4["ratio"] == pytest.approx(60 / 160) and nfe4["ratio_to_reference"] == pytest.approx(60 / 80)
+    assert nfe4["best_sharp_fitted"]["schedule"] == "model+afs" and nfe4["sharp_ratio"] == pytest.approx(100 / 160)
+    assert nfe5["best_sharp_fitted"] is None and nfe5["sharp_ratio"] is None
+    md = markdown(result)
+    assert "| 4 | 160 (a @ logsnr) | 60 (a @ model) | 0.38 | 0.75 | 1.30 | 100 (b @ model+afs) | 0.62 |" in md
+    assert "| 5 | 120 (a @ karras) | 90 (a @ model) | 0.75 | 1.12 | 1.20 | – | – |" in md

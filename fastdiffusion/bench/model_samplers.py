@@ -37,6 +37,7 @@ NFES = (4, 5, 6, 8, 10)
 EVAL_SEEDS = "100000-100999"
 TUNING_SEEDS = "1000000-1000255"
 REFERENCE = ("heun", 35)
+HF_TOLERANCE = 0.1  # a fitted grid counts as sharp when its HF energy is within 10% of the reference's (issue 20)
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
@@ -158,7 +159,43 @@ def markdown(result: dict) -> str:
             r = next((r for r in rows if (r["sampler"], r["schedule"], r["nfe"]) == (name, schedule, n)), None)
             cells.append("–" if r is None else f"{r[metric]:.4g} ({r['last_sigma']:.2g}, {r['hf_ratio']:.2f})")
         lines.append(f"| {name} | {schedule} | " + " | ".join(cells) + " |")
+    fitted = fitted_vs_fixed(result)
+    if fitted:
+        lines += ["", f"Fitted against fixed schedules ({metric}; sharp: HF within {HF_TOLERANCE:.0%} of Heun-35's)",
+                  "", "| NFE | best fixed | best fitted | ratio | / reference | HF | best sharp fitted | ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+
+        def cell(r: dict | None) -> str:
+            return "–" if r is None else f"{r[metric]:.4g} ({r['sampler']} @ {r['schedule']})"
+
+        for f in fitted:
+            best, sharp = f["best_fitted"], f["best_sharp_fitted"]
+            lines.append(f"| {f['nfe']} | {cell(f['best_fixed'])} | {cell(best)} | {f['ratio']:.2f} | "
+                         f"{f['ratio_to_reference']:.2f} | {best['hf_ratio']:.2f} | {cell(sharp)} | "
+                         + ("–" if sharp is None else f"{f['sharp_ratio']:.2f}") + " |")
     return "\n".join(lines) + "\n"
+
+
+def fitted_vs_fixed(result: dict) -> list[dict]:
+    """Per NFE with fitted rows: the best fixed-schedule row, the best fitted row and the best fitted row whose HF
+    energy is within ``HF_TOLERANCE`` of the reference's, with their ratios (the issue-20 targets)."""
+    ref = result["reference"]
+    metric = "fd_digits" if "fd_digits" in ref else "rms_to_reference"
+    out = []
+    for nfe in sorted({r["nfe"] for r in result["results"]}):
+        rows = [r for r in result["results"] if r["nfe"] == nfe]
+        fixed = [r for r in rows if r["schedule"] not in FITTED]
+        fitted = [r for r in rows if r["schedule"] in FITTED]
+        if not fixed or not fitted:
+            continue
+        best_fixed, best = (min(group, key=lambda r: r[metric]) for group in (fixed, fitted))
+        sharp = [r for r in fitted if abs(r["hf_ratio"] - 1) <= HF_TOLERANCE]
+        best_sharp = min(sharp, key=lambda r: r[metric]) if sharp else None
+        out.append({"nfe": nfe, "best_fixed": best_fixed, "best_fitted": best, "best_sharp_fitted": best_sharp,
+                    "ratio": best[metric] / best_fixed[metric],
+                    "ratio_to_reference": best[metric] / ref[metric] if ref[metric] else math.inf,
+                    "sharp_ratio": best_sharp[metric] / best_fixed[metric] if best_sharp else None})
+    return out
 
 
 def plot(result: dict, path: Path) -> None:
