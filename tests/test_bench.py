@@ -257,3 +257,9 @@ def test_fitted_vs_fixed_picks_the_best_rows_and_counts_only_sharp_fits():
     md = markdown(result)
     assert "| 4 | 160 (a @ logsnr) | 60 (a @ model) | 0.38 | 0.75 | 1.30 | 100 (b @ model+afs) | 0.62 |" in md
     assert "| 5 | 120 (a @ karras) | 90 (a @ model) | 0.75 | 1.12 | 1.20 | – | – |" in md
+    # without FD the metric is the RMS to the reference, whose own RMS is 0: no ratio to it
+    for r in result["results"]:
+        r["rms_to_reference"] = r.pop("fd_digits") / 1000
+    result["reference"] = {"sampler": "heun", "nfe": 35, "rms_to_reference": 0.0}
+    assert fitted_vs_fixed(result)[0]["ratio_to_reference"] is None
+    assert "| 4 | 0.16 (a @ logsnr) | 0.06 (a @ model) | 0.38 | – | 1.30 |" in markdown(result)

@@ -170,8 +170,9 @@ def markdown(result: dict) -> str:
 
         for f in fitted:
             best, sharp = f["best_fitted"], f["best_sharp_fitted"]
-            lines.append(f"| {f['nfe']} | {cell(f['best_fixed'])} | {cell(best)} | {f['ratio']:.2f} | "
-                         f"{f['ratio_to_reference']:.2f} | {best['hf_ratio']:.2f} | {cell(sharp)} | "
+            to_ref = "–" if f["ratio_to_reference"] is None else f"{f['ratio_to_reference']:.2f}"
+            lines.append(f"| {f['nfe']} | {cell(f['best_fixed'])} | {cell(best)} | {f['ratio']:.2f} | {to_ref} | "
+                         f"{best['hf_ratio']:.2f} | {cell(sharp)} | "
                          + ("–" if sharp is None else f"{f['sharp_ratio']:.2f}") + " |")
     return "\n".join(lines) + "\n"
 
@@ -193,7 +194,7 @@ def fitted_vs_fixed(result: dict) -> list[dict]:
         best_sharp = min(sharp, key=lambda r: r[metric]) if sharp else None
         out.append({"nfe": nfe, "best_fixed": best_fixed, "best_fitted": best, "best_sharp_fitted": best_sharp,
                     "ratio": best[metric] / best_fixed[metric],
-                    "ratio_to_reference": best[metric] / ref[metric] if ref[metric] else math.inf,
+                    "ratio_to_reference": best[metric] / ref[metric] if ref[metric] else None,  # RMS: 0
                     "sharp_ratio": best_sharp[metric] / best_fixed[metric] if best_sharp else None})
     return out
 
