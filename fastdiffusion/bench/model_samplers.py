@@ -32,7 +32,7 @@ from .provenance import provenance
 
 SAMPLERS = ("dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim")
 SCHEDULES = ("karras", "logsnr", "model")  # 'model': fitted to this model (``fastdiffusion tune``)
-FITTED = ("model", "model+afs")  # the schedules fitted to the model; 'model+afs' needs the data statistics
+FITTED_SCHEDULES = ("model", "model+afs")  # the schedules fitted to the model; 'model+afs' needs the data statistics
 NFES = (4, 5, 6, 8, 10)
 EVAL_SEEDS = "100000-100999"
 TUNING_SEEDS = "1000000-1000255"
@@ -78,7 +78,7 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
     reference = {"sampler": REFERENCE[0], "nfe": REFERENCE[1], **metrics(ref, ref),
                  "seconds": time.perf_counter() - t0}
     tune_noise = SeededNoise(tuning_seeds).randn(model.data_shape, device)
-    tune_ref = reference_solve(model, tune_noise) if set(FITTED) & set(schedules) else None
+    tune_ref = reference_solve(model, tune_noise) if set(FITTED_SCHEDULES) & set(schedules) else None
     fits: dict[tuple[str, int], dict] = {}  # (--samplers entry, calls) -> the fitted grid and its tuning record
     rows = []
     for label in samplers:
@@ -91,7 +91,7 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                 continue
             for schedule in schedules:
                 afs = schedule == "model+afs"
-                if schedule in FITTED and nfe not in tune_nfes:
+                if schedule in FITTED_SCHEDULES and nfe not in tune_nfes:
                     continue
                 if afs:
                     try:
@@ -101,7 +101,7 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                 row: dict = {"sampler": label, "schedule": schedule, "nfe": nfe,
                              **({"sampler_options": options} if options else {})}
                 hyper: dict[str, float] = dict(options)
-                if schedule in FITTED:
+                if schedule in FITTED_SCHEDULES:
                     calls = nfe + afs
                     if (label, calls) not in fits:  # the grid is fitted for the sampler with its options
                         t0 = time.perf_counter()
@@ -185,8 +185,8 @@ def fitted_vs_fixed(result: dict) -> list[dict]:
     out = []
     for nfe in sorted({r["nfe"] for r in result["results"]}):
         rows = [r for r in result["results"] if r["nfe"] == nfe]
-        fixed = [r for r in rows if r["schedule"] not in FITTED]
-        fitted = [r for r in rows if r["schedule"] in FITTED]
+        fixed = [r for r in rows if r["schedule"] not in FITTED_SCHEDULES]
+        fitted = [r for r in rows if r["schedule"] in FITTED_SCHEDULES]
         if not fixed or not fitted:
             continue
         best_fixed, best = (min(group, key=lambda r: r[metric]) for group in (fixed, fitted))

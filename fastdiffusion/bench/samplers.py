@@ -106,9 +106,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for 'model+afs' (default: "
                    "from the run's training data)")
     m.add_argument("--seeds", default=model_samplers.EVAL_SEEDS, help="evaluation seeds")
-    m.add_argument("--tuning-seeds", default=model_samplers.TUNING_SEEDS, help="seeds of the 'model' schedule's "
+    m.add_argument("--tuning-seeds", default=model_samplers.TUNING_SEEDS, help="seeds of the fitted schedules' "
                    "tuning noise (disjoint from --seeds)")
-    m.add_argument("--tune-nfe", type=int_list, help="NFEs at which 'model' schedules are fitted (default: all)")
+    m.add_argument("--tune-nfe", type=int_list, help="NFEs at which 'model' and 'model+afs' rows are fitted "
+                   "(default: all)")
     m.add_argument("--max-evals", type=int, default=200, help="sampler runs per fitted schedule")
     m.add_argument("--batch", type=int, default=1000, help="samples per batch")
     m.add_argument("--device", default="auto")
