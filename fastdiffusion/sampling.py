@@ -262,11 +262,11 @@ def check_gaussian_family(model: Callable, process: Process | None = None, telep
 def gaussian_options(teleport: float | None, afs: bool, data_stats: GaussianDataStats | str | Path | None,
                      model_path: str | Path | None, model: Callable) -> dict:
     """``sample``'s keywords (teleport, afs, data_stats) for a model loaded from ``model_path`` (or None), with the
-    statistics resolved (``gaussian_data.resolve_data_stats``: DATA[@SPLIT], a file, or the model's own); {} when
+    statistics resolved (``data.stats.resolve_data_stats``: DATA[@SPLIT], a file, or the model's own); {} when
     neither teleport nor afs is asked (``data_stats`` alone change nothing)."""
     if teleport is None and not afs:
         return {}
-    from .processes.gaussian_data import resolve_data_stats
+    from .data.stats import resolve_data_stats
 
     check_gaussian_family(model, None, teleport, afs)
     return {"teleport": teleport, "afs": bool(afs),

@@ -208,8 +208,8 @@ def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
 
 def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_first_step(tmp_path, capsys):
     import fastdiffusion as fd
+    from fastdiffusion.data.stats import resolve_data_stats
     from fastdiffusion.metrics.digits_classifier import fd_digits
-    from fastdiffusion.processes.gaussian_data import resolve_data_stats
 
     run = tmp_path / "run"
     assert cli_main(["train", "--data", "digits16", "--net", "ddpmpp-tiny", "--batch", "16", "--steps", "4",

@@ -1,4 +1,4 @@
-"""Gaussian data (processes.gaussian_data): the closed-form denoiser and PF-ODE flow, statistics from samples, and
+"""Gaussian data (processes.gaussian_data, data.stats): the closed-form denoiser and PF-ODE flow, statistics from samples, and
 the two shortcuts built on them -- the analytic first step (afs) and the teleport -- with honest NFE counts."""
 
 import json
@@ -14,9 +14,10 @@ from fastdiffusion.bench.edm_exact import MixtureDenoiser
 from fastdiffusion.cli import main
 from fastdiffusion.data import load_dataset
 from fastdiffusion.data.gmm import GaussianMixture
+from fastdiffusion.data.stats import STATS_FILE, compute_stats, resolve_data_stats
 from fastdiffusion.errors import UserError
 from fastdiffusion.processes import PSLD
-from fastdiffusion.processes.gaussian_data import STATS_FILE, GaussianDataStats, compute_stats, resolve_data_stats
+from fastdiffusion.processes.gaussian_data import GaussianDataStats
 from fastdiffusion.samplers import get_sampler, make_sigmas
 from fastdiffusion.samplers.counted import CountedModel
 

@@ -33,8 +33,9 @@ from fastdiffusion.bench.harness import EXACT_RTOL, prepare
 from fastdiffusion.bench.problems import EDM_FAMILY, EDM_PROBLEMS
 from fastdiffusion.bench.provenance import provenance
 from fastdiffusion.checkpoint import atomic_write_bytes, atomic_write_json
+from fastdiffusion.data.stats import resolve_data_stats
 from fastdiffusion.errors import UserError
-from fastdiffusion.processes.gaussian_data import GaussianDataStats, resolve_data_stats
+from fastdiffusion.processes.gaussian_data import GaussianDataStats
 from fastdiffusion.samplers.counted import CountedModel
 from fastdiffusion.sampling import check_sampler_args
 

@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..checkpoint import atomic_write_bytes, atomic_write_json
+from ..data.stats import resolve_data_stats
 from ..errors import UserError
 from ..models import ProcessModel
 from ..plots import figure, save_figure
-from ..processes.gaussian_data import GaussianDataStats, resolve_data_stats
+from ..processes.gaussian_data import GaussianDataStats
 from ..samplers import get_sampler, make_sigmas
 from ..samplers.tuning import fit_schedule, reference_solve
 from ..sampling import check_sampler_args, generate, sampling_range

@@ -445,7 +445,7 @@ def evaluate(
     A class-conditional model is sampled with `class_labels` (K, 'random' or one per seed) and `guidance` W (on noise
     levels in `guidance_interval` (lo, hi] only, if given).
     `teleport` (sigma_T), `afs` and `data_stats` (DATA[@SPLIT], a statistics file or a `GaussianDataStats`; default:
-    the model's own, `processes.gaussian_data.resolve_data_stats`) are `sample`'s Gaussian shortcuts; the protocol
+    the model's own, `data.stats.resolve_data_stats`) are `sample`'s Gaussian shortcuts; the protocol
     records them and the statistics' source.
     `warnings` lists the references that overlap the model's recorded training data.
     Under torchrun every rank returns the same dict (generation and Inception features are sharded). A model loaded
