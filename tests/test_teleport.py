@@ -1,5 +1,6 @@
-"""Gaussian data (processes.gaussian_data, data.stats): the closed-form denoiser and PF-ODE flow, statistics from samples, and
-the two shortcuts built on them -- the analytic first step (afs) and the teleport -- with honest NFE counts."""
+"""Gaussian data (processes.gaussian_data, data.stats): the closed-form denoiser and PF-ODE flow, statistics from
+samples, and the two shortcuts built on them -- the analytic first step (afs) and the teleport -- with honest NFE
+counts."""
 
 import json
 import math

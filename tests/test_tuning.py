@@ -9,8 +9,10 @@ import torch
 
 import fastdiffusion as fd
 from fastdiffusion.bench.edm_exact import MixtureDenoiser
+from fastdiffusion.bench.psld_exact import PSLDMixtureEps, exact_endpoint
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.errors import UserError
+from fastdiffusion.processes.psld import PSLD
 from fastdiffusion.samplers import make_sigmas
 from fastdiffusion.samplers.counted import CountedModel
 from fastdiffusion.samplers.tuning import (
@@ -18,6 +20,7 @@ from fastdiffusion.samplers.tuning import (
     dp_grid,
     fit_schedule,
     load_schedule,
+    prior_noise,
     reference_solve,
     save_schedule,
     schedule_options,
@@ -25,6 +28,7 @@ from fastdiffusion.samplers.tuning import (
 
 MIX = GaussianMixture.random(16, 8, seed=5, component_std=0.3)
 DENOISE = MixtureDenoiser(MIX)
+PSLD_EPS = PSLDMixtureEps(GaussianMixture.random(2, 4, seed=3, spread=0.8, component_std=0.4), PSLD())
 
 
 def noise(seed: int, n: int) -> torch.Tensor:
@@ -143,8 +147,58 @@ def test_tuning_refuses_what_it_cannot_tune(tuning):
     z, _ = tuning
     with pytest.raises(UserError, match="stochastic"):
         fit_schedule(DENOISE, sampler="heun", nfe=5, noise=z, churn=10.0)
-    with pytest.raises(UserError, match="EDM-family"):
+    with pytest.raises(UserError, match="'sscs' is a psld sampler and the model is of the edm family"):
         fit_schedule(DENOISE, sampler="sscs", nfe=5, noise=z)
+    with pytest.raises(UserError, match="stochastic"):
+        fit_schedule(PSLD_EPS, sampler="sscs", nfe=5, noise=z[:, :2], process=PSLD_EPS.process)
+    varying = PSLD(beta_min=0.1, beta_max=20.0)
+    with pytest.raises(UserError, match="reference solve .csps-d 255 NFE.*constant beta"):
+        fit_schedule(PSLDMixtureEps(PSLD_EPS.mixture, varying), sampler="psld-conj", nfe=5, noise=z[:, :2],
+                     process=varying)
+
+
+@pytest.fixture(scope="module")
+def psld_tuning():
+    z = noise(11, 64)[:, :2]
+    return z, reference_solve(PSLD_EPS, z, process=PSLD_EPS.process)
+
+
+def test_psld_reference_is_the_pf_ode_endpoint_from_the_fixed_prior(psld_tuning):
+    """The PSLD reference (CSPS-D, 255 calls) starts from the noise and a fixed momentum draw, and ends within 1e-3 of
+    the exact PF-ODE endpoint (DOP853) from that state; the DP start is EDM-only, so no states are kept."""
+    z, ref = psld_tuning
+    p = PSLD_EPS.process
+    state = p.prior(z, torch.tensor(p.T), prior_noise(z))
+    exact, _ = exact_endpoint(PSLD_EPS, state, rtol=1e-10)
+    assert endpoint_rms(ref.endpoint, exact) < 1e-3 * float(exact.square().mean().sqrt())
+    assert ref.x == [] and len(ref.sigmas) == 0
+
+
+@pytest.mark.parametrize(("sampler", "nfe"), [("psld-conj", 6), ("csps-d", 5)])
+def test_psld_times_are_tuned_and_beat_the_fixed_grids_on_fresh_noise(psld_tuning, sampler, nfe):
+    """PSLD samplers' time grids: a valid grid from T to eval_eps and 0 with exactly NFE calls, better than both fixed
+    time grids on fresh noise against the exact endpoints; lam stays the
+    per-NFE table's."""
+    z, ref = psld_tuning
+    p = PSLD_EPS.process
+    tuned = fit_schedule(PSLD_EPS, sampler=sampler, nfe=nfe, noise=z, reference=ref, process=p, max_evals=120)
+    t = tuned.sigmas
+    assert t[-1] == 0 and bool((t[:-1] > t[1:]).all()) and tuned.hyper == {}
+    assert float(t[0]) == pytest.approx(p.T) and float(t[-2]) == pytest.approx(p.eval_eps)
+    assert set(tuned.start_values) == {"quadratic", "time-uniform"}
+    counted = CountedModel(PSLD_EPS, p)
+    fd.sample(counted, z, sampler=sampler, nfe=nfe, sigmas=t, process=p)
+    assert counted.calls == nfe
+    fresh = noise(12, 256)[:, :2]
+    momentum = torch.randn(fresh.shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    exact, _ = exact_endpoint(PSLD_EPS, p.prior(fresh, torch.tensor(p.T), lambda like: momentum), rtol=1e-10)
+
+    def error(**grid):
+        out = fd.sample(PSLD_EPS, fresh, sampler=sampler, nfe=nfe, process=p, noise_fn=lambda like: momentum, **grid)
+        return endpoint_rms(out, exact)
+
+    fixed = {name: error(schedule=name) for name in ("quadratic", "time-uniform")}
+    assert error(sigmas=t) < 0.9 * min(fixed.values()), (error(sigmas=t), fixed)
 
 
 def test_logits_round_trip_on_another_range():
@@ -188,3 +242,30 @@ def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path)
                  "--seeds", "0-3", "--times", "2", "--out", str(tmp_path / "traj")]) == 0
     manifest = json.loads((tmp_path / "traj" / "manifest.json").read_text())
     assert manifest["sigma_grid"] == saved["sigmas"]
+
+
+def test_tune_a_psld_model_then_sample_with_its_time_grid(tmp_path):
+    """`fastdiffusion tune` on a tiny PSLD model fits a time grid (reference CSPS-D) that `sample` then takes."""
+    from fastdiffusion.cli import main
+    from fastdiffusion.models import build_model, save_model
+    from fastdiffusion.nets import net_config
+
+    torch.manual_seed(0)
+    model = build_model({"process": fd.make_process("psld").config(), "data_shape": [1, 8, 8],
+                         "net": net_config("ddpmpp-tiny", img_resolution=8, in_channels=2)})
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    sched = tmp_path / "s.json"
+    assert main(["tune", str(path), "--sampler", "psld-conj", "--nfe", "4", "--seeds", "0-7", "--max-evals", "8",
+                 "--out", str(sched)]) == 0
+    saved = json.loads(sched.read_text())
+    assert saved["protocol"]["objective"].startswith("endpoint RMS to csps-d 255 NFE on the quadratic grid")
+    grid = torch.tensor(saved["sigmas"], dtype=torch.float64)
+    p = fd.load_model(path).process
+    assert float(grid[0]) == pytest.approx(p.T) and float(grid[-2]) == pytest.approx(p.eval_eps) and grid[-1] == 0
+    assert main(["sample", str(path), "--sampler", "psld-conj", "--nfe", "4", "--schedule", str(sched),
+                 "--seeds", "0-3", "--out", str(tmp_path / "x.npz")]) == 0
+    want = fd.generate(fd.load_model(path), [0, 1, 2, 3], sampler="psld-conj", nfe=4, sigmas=grid, progress=False)
+    got = np.load(tmp_path / "x.npz")["samples"]
+    np.testing.assert_array_equal(got, ((want.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                                  .permute(0, 2, 3, 1).numpy())

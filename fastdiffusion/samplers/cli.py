@@ -19,10 +19,10 @@ def _tune(args: argparse.Namespace) -> None:
     from ..bench.provenance import provenance
     from ..fastpath import accelerate
     from ..models import load_model
-    from ..sampling import check_sampler_args
+    from ..sampling import check_sampler_args, model_family
     from ..seeds import SeededNoise, format_seeds, parse_seeds
     from ..training import distributed
-    from .tuning import REFERENCE_NFE, fit_schedule, model_digest, save_schedule
+    from .tuning import fit_schedule, model_digest, reference_description, save_schedule
 
     hyper = parse_kv(args.opt, "--opt")
     check_sampler_args(args.sampler, args.nfe, hyper)
@@ -37,7 +37,7 @@ def _tune(args: argparse.Namespace) -> None:
                              **hyper)
     protocol = {"model": str(args.model), "model_sha256": digest, "ema": not args.raw, "sampler": args.sampler,
                 "nfe": args.nfe, "hyper": hyper, "tuning_seeds": format_seeds(seeds),
-                "objective": f"endpoint RMS to heun {REFERENCE_NFE} NFE (Karras grid) from the tuning noise",
+                "objective": f"endpoint RMS to {reference_description(model_family(model))} from the tuning noise",
                 "provenance": provenance(d.device)}
     save_schedule(args.out, tuned, protocol)
     fixed = ", ".join(f"{k} {v:.4g}" for k, v in tuned.start_values.items())
@@ -48,15 +48,16 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from . import deterministic_edm_samplers
+    from .registry import deterministic_samplers
 
     p = subparsers.add_parser("tune", help="fit a sampler's noise levels to one model",
-                              description="Fit the noise levels of a deterministic EDM-family sampler at a given NFE "
-                              "to the model's own PF-ODE (reference: a high-accuracy Heun solve from the tuning "
-                              "noise), with lambda-DDIM's lam unless --opt fixes it. The JSON goes to "
+                              description="Fit the noise levels (PSLD: times) of a deterministic sampler at a "
+                              "given NFE to the model's own PF-ODE (reference: a high-accuracy solve from the tuning "
+                              "noise, Heun for the EDM family, CSPS-D for PSLD), with lambda-DDIM's lam unless --opt "
+                              "fixes it. The JSON goes to "
                               "`sample/eval/distill trajectories --schedule FILE`.")
     p.add_argument("model", help="a run directory, checkpoint directory or model file")
-    p.add_argument("--sampler", required=True, choices=deterministic_edm_samplers())
+    p.add_argument("--sampler", required=True, choices=deterministic_samplers("edm") + deterministic_samplers("psld"))
     p.add_argument("--nfe", type=positive_int, required=True, help="network calls per sample the grid is for")
     p.add_argument("--seeds", default=TUNING_SEEDS, help=f"tuning noise seeds (default {TUNING_SEEDS}: 256 seeds, "
                    "disjoint from sampling's defaults)")

@@ -66,9 +66,14 @@ def one_call_per_step(nfe: int) -> int:
     return nfe
 
 
+def deterministic_samplers(family: str) -> list[str]:
+    """Names of the deterministic samplers of a model family (those a trajectory or a tuned grid can be defined for)."""
+    return sorted(n for n, s in SAMPLERS.items() if s.family == family and not s.stochastic)
+
+
 def deterministic_edm_samplers() -> list[str]:
-    """Names of the deterministic EDM-family samplers (those a trajectory or a tuned grid can be defined for)."""
-    return sorted(n for n, s in SAMPLERS.items() if s.family == "edm" and not s.stochastic)
+    """Names of the deterministic EDM-family samplers."""
+    return deterministic_samplers("edm")
 
 
 def get_sampler(name: str) -> SamplerSpec:

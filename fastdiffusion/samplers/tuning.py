@@ -1,10 +1,11 @@
 """Per-model schedule tuning: a sampler's noise levels fitted to the model's own PF-ODE (docs/samplers.md, "Per-model
 schedules").
 
-The reference is a high-accuracy solve of the model's PF-ODE from the tuning noise. A dynamic program over the
-reference's own grid picks the levels whose one-step Euler errors along the reference trajectory sum least (GITS,
-Chen et al. 2024); the interior levels are then refined to minimise the sampler's real endpoint error (Nelder-Mead in
-softmax-parameterised log-sigma decrements). The end levels stay at the model's sampling range.
+The reference is a high-accuracy solve of the model's PF-ODE from the tuning noise (``REFERENCES``, per model family).
+For the EDM family a dynamic program over the reference's own grid picks the levels whose one-step Euler errors along
+the reference trajectory sum least (GITS, Chen et al. 2024); the interior levels (PSLD: times) are then refined to
+minimise the sampler's real endpoint error (Nelder-Mead in softmax-parameterised log-level decrements). The end levels
+stay at the model's sampling range.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from torch import Tensor
 from ..checkpoint import atomic_write_json
 from ..errors import UserError
 from ..processes import Process
-from ..sampling import model_family, sample, sampling_range
-from .registry import get_sampler
+from ..sampling import model_family, model_process, sample, sampling_range
+from .registry import deterministic_samplers, get_sampler
 from .schedules import make_sigmas
 
-REFERENCE_NFE = 127  # Heun, 64 steps on the Karras grid: the tuning target
-MIN_STEP = 0.01  # smallest log-sigma decrement, as a fraction of ln(sigma_max / sigma_min)
-START_SCHEDULES = ("karras", "logsnr")
+# The tuning target per model family: sampler, NFE, grid and options. EDM family: Heun, 64 steps on the Karras grid.
+# PSLD: CSPS-D, second order with lam = 0 (it needs a constant beta), 255 steps on the quadratic grid.
+REFERENCES = {"edm": ("heun", 127, "karras", {}), "psld": ("csps-d", 255, "quadratic", {"lam": 0.0})}
+START_SCHEDULES = {"edm": ("karras", "logsnr"), "psld": ("quadratic", "time-uniform")}
+MIN_STEP = 0.01  # smallest log-level decrement, as a fraction of ln(sigma_max / sigma_min)
+PRIOR_SEED = 0  # the draw of whatever part of the prior the tuning noise does not give (PSLD's momentum)
 # Sampler coefficients fitted with the levels unless given, each with its unit in the search (lambda-DDIM's lam is
 # in 1/sigma: 0.01 moves a 4-step solve visibly), and the first simplex step in those units.
 FITTED = {"lam": 0.01}
@@ -48,24 +52,51 @@ class Reference:
     endpoint: Tensor
 
 
-def reference_solve(model: Callable, noise: Tensor, *, nfe: int = REFERENCE_NFE, process: Process | None = None,
+def reference_description(family: str) -> str:
+    """What a fit's objective compares with, for protocols: 'heun 127 NFE on the karras grid'."""
+    sampler, nfe, schedule, options = REFERENCES[family]
+    return f"{sampler} {nfe} NFE on the {schedule} grid" + "".join(f", {k} = {v:g}" for k, v in options.items())
+
+
+def prior_noise(noise: Tensor) -> Callable[[Tensor], Tensor]:
+    """``sample``'s ``noise_fn`` for a fit: one fixed draw (seed ``PRIOR_SEED``) for the part of the prior that
+    ``noise`` does not give (PSLD's momentum), so that every sampler run of the fit starts from the same state."""
+    extra = torch.randn(noise.shape, generator=torch.Generator().manual_seed(PRIOR_SEED), dtype=noise.dtype)
+    extra = extra.to(noise.device)
+    return lambda like: extra.to(like.dtype)
+
+
+def reference_solve(model: Callable, noise: Tensor, *, nfe: int | None = None, process: Process | None = None,
                     class_labels: Tensor | None = None) -> Reference:
-    """Heun with ``nfe`` calls on the Karras grid (EDM Algorithm 1), keeping the state and D at every grid level."""
+    """The family's ``REFERENCES`` solve from ``noise`` (``nfe`` overrides its NFE). For the EDM family (Heun, EDM
+    Algorithm 1) the state and D at every grid level are kept, for ``dp_grid``."""
+    family = model_family(model, process)
+    if family not in REFERENCES:
+        raise UserError(f"tune: schedules are tuned for {' and '.join(REFERENCES)}-family models, not a {family} model")
+    sampler, default_nfe, schedule, options = REFERENCES[family]
     states: list[Tensor] = []
     denoised: list[Tensor] = []
     levels: list[float] = []
     lo, hi = sampling_range(model, process)
 
     def keep(info: dict) -> None:
-        levels.append(float(info["sigma"]))
-        denoised.append(info["denoised"])
+        if "denoised" in info:
+            levels.append(float(info["sigma"]))
+            denoised.append(info["denoised"])
 
-    def record(x: Tensor, sigma: Tensor) -> Tensor:
+    def record(x: Tensor, level: Tensor) -> Tensor:
         states.append(x)
-        return model(x, sigma) if class_labels is None else model(x, sigma, class_labels)
+        return model(x, level) if class_labels is None else model(x, level, class_labels)
 
-    end = sample(record, noise, sampler="heun", nfe=nfe, process=process, callback=keep, sigma_min=lo,
-                 sigma_max=hi)
+    try:
+        end = sample(record, noise, sampler=sampler, nfe=nfe or default_nfe, schedule=schedule,
+                     process=model_process(model, process), callback=keep, sigma_min=lo, sigma_max=hi,
+                     noise_fn=prior_noise(noise), **options)
+    except UserError as e:  # e.g. CSPS-D on a PSLD model with a time-varying beta
+        raise UserError(f"tune: the reference solve ({reference_description(family)}) cannot run on this model: "
+                        f"{e}") from None
+    if family != "edm":
+        return Reference(torch.zeros(0, dtype=torch.float64), [], [], end)
     # Heun calls D twice per step: its first call of step i sees the state at level i.
     firsts = states[0::2]
     return Reference(torch.tensor(levels, dtype=torch.float64), firsts[:len(levels)], denoised, end)
@@ -131,20 +162,26 @@ class TunedSchedule:
 def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, process: Process | None = None,
                  class_labels: Tensor | None = None, reference: Reference | None = None, max_evals: int = 200,
                  **hyper: object) -> TunedSchedule:
-    """Fit the noise levels of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``: the endpoint RMS
-    to ``reference`` (default: ``reference_solve``), from the best of the DP grid and the Karras / log-SNR grids,
-    refined by Nelder-Mead within ``max_evals`` sampler runs, together with the sampler's ``FITTED`` coefficients
-    that ``hyper`` does not fix (from their defaults). Tuning calls are not the sampler's NFE."""
+    """Fit the noise levels (PSLD: times) of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``:
+    the endpoint RMS to ``reference`` (default: ``reference_solve``), from the best of the family's
+    ``START_SCHEDULES`` (and the DP grid, EDM family), refined by Nelder-Mead within ``max_evals`` sampler runs,
+    together with the sampler's ``FITTED`` coefficients that ``hyper`` does not fix and that have a default value.
+    Tuning calls are not the sampler's NFE."""
     spec = get_sampler(sampler)
-    if spec.family != "edm" or model_family(model, process) != "edm":
-        raise UserError(f"tune: schedules are tuned for EDM-family models and samplers, not a "
-                        f"{model_family(model, process)} model with '{sampler}'")
+    family = model_family(model, process)
+    if family not in REFERENCES:
+        raise UserError(f"tune: schedules are tuned for {' and '.join(REFERENCES)}-family models, not a {family} model")
+    if spec.family != family:
+        raise UserError(f"tune: '{sampler}' is a {spec.family} sampler and the model is of the {family} family: "
+                        f"tune one of {', '.join(deterministic_samplers(family))}")
     if spec.stochastic or hyper.get("churn"):
         raise UserError(f"tune: '{sampler}' is stochastic; tune a deterministic sampler")
     steps = spec.steps(nfe)
     lo, hi = sampling_range(model, process)
     ref = reference or reference_solve(model, noise, process=process, class_labels=class_labels)
-    free = {k: float(spec.hyper[k]) for k in FITTED if k in spec.hyper and k not in hyper}
+    # A coefficient whose default is None comes from a per-NFE table (PSLD's lam) and stays there.
+    free = {k: float(spec.hyper[k]) for k in FITTED if spec.hyper.get(k) is not None and k not in hyper}
+    noise_fn = prior_noise(noise)
     evaluations = 0
 
     def objective(levels: Tensor, coef: dict[str, float]) -> float:
@@ -152,12 +189,12 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         evaluations += 1
         grid = torch.cat([levels, levels.new_zeros(1)])
         out = sample(model, noise, sampler=sampler, nfe=nfe, sigmas=grid, process=process,
-                     class_labels=class_labels, **hyper, **coef)
+                     class_labels=class_labels, noise_fn=noise_fn, **hyper, **coef)
         err = float((out - ref.endpoint).float().square().mean().sqrt())
         return err if math.isfinite(err) else math.inf
 
-    starts = {name: make_sigmas(name, steps, lo, hi)[:-1] for name in START_SCHEDULES}
-    if steps >= 2:
+    starts = {name: make_sigmas(name, steps, lo, hi)[:-1] for name in START_SCHEDULES[family]}
+    if steps >= 2 and ref.x:  # the DP needs the reference's states: EDM family
         starts["dp"] = dp_grid(ref, steps)
     start_values = {name: objective(levels, free) for name, levels in starts.items()}
     start = min(start_values, key=start_values.__getitem__)
