@@ -206,6 +206,41 @@ def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
     assert row["sigmas"] == want.sigmas.tolist() and row["sampler_options"] == {"order": 2}
 
 
+def test_trained_model_table_of_a_psld_model_fits_its_time_grids(tmp_path, capsys):
+    """A PSLD model's table: its own samplers, time grids and reference (CSPS-D 100), fitted time grids as `tune`
+    fits them; the analytic first step is refused."""
+    import fastdiffusion as fd
+    from fastdiffusion.bench.model_samplers import hf_energy
+    from fastdiffusion.samplers.tuning import fit_schedule
+    from fastdiffusion.seeds import SeededNoise
+
+    run = tmp_path / "run"
+    assert cli_main(["train", "--data", "digits16", "--process", "psld", "--net", "ddpmpp-tiny", "--batch", "16",
+                     "--steps", "4", "--ckpt-every", "4", "--grid-images", "4", "--grid-nfe", "3", "--run-dir",
+                     str(run), "--quiet"]) == 0
+    args = ["bench", "samplers", str(run), "--samplers", "psld-conj", "--nfe", "4", "--seeds", "0-7",
+            "--tuning-seeds", "100-103", "--max-evals", "5", "--batch", "8", "--threads", "2"]
+    assert cli_main([*args, "--schedules", "quadratic,model", "--out", str(tmp_path / "table")]) == 0
+    result = json.loads((tmp_path / "table" / "model_samplers.json").read_text())
+    assert (result["reference"]["sampler"], result["reference"]["nfe"]) == ("csps-d", 100)
+    rows = {r["schedule"]: r for r in result["results"]}
+    assert set(rows) == {"quadratic", "model"}
+    model = fd.load_model(run)
+    with torch.no_grad():
+        x = fd.generate(model, list(range(8)), batch=8, sampler="psld-conj", nfe=4, schedule="quadratic",
+                        progress=False)
+        ref = fd.generate(model, list(range(8)), batch=8, sampler="csps-d", nfe=100, progress=False)
+        want = fit_schedule(model, sampler="psld-conj", nfe=4, noise=SeededNoise([100, 101, 102, 103]).randn(
+            model.data_shape, "cpu"), max_evals=5)
+    assert rows["quadratic"]["rms_to_reference"] == pytest.approx(float((x - ref).square().mean().sqrt()), rel=1e-5)
+    assert rows["quadratic"]["hf_ratio"] == pytest.approx(hf_energy(x) / hf_energy(ref), rel=1e-5)
+    assert rows["model"]["sigmas"] == want.sigmas.tolist()
+    assert "Reference: csps-d 100 NFE" in (tmp_path / "table" / "model_samplers.md").read_text()
+    capsys.readouterr()
+    assert cli_main([*args, "--schedules", "model+afs", "--out", str(tmp_path / "afs")]) == 2
+    assert "analytic first step is for EDM-family models" in capsys.readouterr().err
+
+
 def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_first_step(tmp_path, capsys):
     import fastdiffusion as fd
     from fastdiffusion.data.stats import resolve_data_stats

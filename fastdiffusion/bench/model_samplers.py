@@ -31,13 +31,16 @@ from ..sampling import check_sampler_args, generate, sampling_range
 from ..seeds import SeededNoise, format_seeds, parse_seeds
 from .provenance import provenance
 
-SAMPLERS = ("dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim")
-SCHEDULES = ("karras", "logsnr", "model")  # 'model': fitted to this model (``fastdiffusion tune``)
+# Per model family: the table's default samplers and schedules ('model': fitted to this model, ``fastdiffusion
+# tune``), and the reference solve every row is compared with (PSLD: CSPS-D, second order, lam from its table).
+SAMPLERS = {"edm": ("dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim"),
+            "psld": ("psld-conj", "csps-d", "rse", "rvv")}
+SCHEDULES = {"edm": ("karras", "logsnr", "model"), "psld": ("quadratic", "time-uniform", "model")}
+REFERENCE = {"edm": ("heun", 35), "psld": ("csps-d", 100)}
 FITTED_SCHEDULES = ("model", "model+afs")  # the schedules fitted to the model; 'model+afs' needs the data statistics
 NFES = (4, 5, 6, 8, 10)
 EVAL_SEEDS = "100000-100999"
 TUNING_SEEDS = "1000000-1000255"
-REFERENCE = ("heun", 35)
 HF_TOLERANCE = 0.1  # a fitted grid counts as sharp when its HF energy is within 10% of the reference's (issue 20)
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
@@ -66,6 +69,7 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
     from ..metrics.digits_classifier import fd_digits
 
     lo, hi = sampling_range(model)
+    ref_sampler, ref_nfe = REFERENCE[model.family]
 
     def metrics(x: Tensor, ref: Tensor) -> dict:
         out = {"rms_to_reference": float((x - ref).square().mean().sqrt()), "hf_energy": hf_energy(x)}
@@ -74,9 +78,8 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
         return out
 
     t0 = time.perf_counter()
-    ref = generate(model, eval_seeds, batch=batch, device=device, sampler=REFERENCE[0], nfe=REFERENCE[1],
-                   progress=False)
-    reference = {"sampler": REFERENCE[0], "nfe": REFERENCE[1], **metrics(ref, ref),
+    ref = generate(model, eval_seeds, batch=batch, device=device, sampler=ref_sampler, nfe=ref_nfe, progress=False)
+    reference = {"sampler": ref_sampler, "nfe": ref_nfe, **metrics(ref, ref),
                  "seconds": time.perf_counter() - t0}
     tune_noise = SeededNoise(tuning_seeds).randn(model.data_shape, device)
     tune_ref = reference_solve(model, tune_noise) if set(FITTED_SCHEDULES) & set(schedules) else None
@@ -150,7 +153,7 @@ def markdown(result: dict) -> str:
     metric = "fd_digits" if "fd_digits" in ref else "rms_to_reference"
     lines = [f"Reference: {ref['sampler']} {ref['nfe']} NFE" + (f", FD {ref['fd_digits']:.1f}" if "fd_digits" in ref
                                                                  else ""), "",
-             f"{metric} (last positive sigma, HF energy / Heun-35's)", "",
+             f"{metric} (last positive level, HF energy / the reference's)", "",
              "| sampler | schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
              "|---|---|" + "---|" * len(nfes)]
     keys = list(dict.fromkeys((r["sampler"], r["schedule"]) for r in rows))
@@ -162,7 +165,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {schedule} | " + " | ".join(cells) + " |")
     fitted = fitted_vs_fixed(result)
     if fitted:
-        lines += ["", f"Fitted against fixed schedules ({metric}; sharp: HF within {HF_TOLERANCE:.0%} of Heun-35's)",
+        lines += ["", f"Fitted against fixed schedules ({metric}; sharp: HF within {HF_TOLERANCE:.0%} of the "
+                  "reference's)",
                   "", "| NFE | best fixed | best fitted | ratio | / reference | HF | best sharp fitted | ratio |",
                   "|---|---|---|---|---|---|---|---|"]
 
@@ -232,13 +236,18 @@ def main(args: argparse.Namespace) -> dict:
 
     d = distributed.setup(args.device)
     model = load_model(args.model, device=d.device)
+    if model.family not in REFERENCE:
+        raise UserError(f"bench samplers MODEL: a {model.family} model has no sampler table (EDM-family and PSLD "
+                        f"models do)")
     digits = trained_on_digits(args.model)
     accelerate(model, d.device, compile=False)  # shapes vary between tuning and evaluation: no recompiles
     eval_seeds, tuning_seeds = parse_seeds(args.seeds), parse_seeds(args.tuning_seeds)
     if set(eval_seeds) & set(tuning_seeds):
         raise UserError("--seeds and --tuning-seeds overlap: evaluation must use fresh noise")
-    samplers = args.samplers.split(",") if args.samplers else list(SAMPLERS)
-    schedules = args.schedules.split(",") if args.schedules else list(SCHEDULES)
+    samplers = args.samplers.split(",") if args.samplers else list(SAMPLERS[model.family])
+    schedules = args.schedules.split(",") if args.schedules else list(SCHEDULES[model.family])
+    if "model+afs" in schedules and model.family != "edm":
+        raise UserError(f"--schedules model+afs: the analytic first step is for EDM-family models, not {model.family}")
     if args.data_stats is not None and "model+afs" not in schedules:
         raise UserError("--data-stats is used only by the 'model+afs' schedule: add it to --schedules or drop "
                         "--data-stats")
@@ -250,7 +259,8 @@ def main(args: argparse.Namespace) -> dict:
     fd = f"FD-digits vs the digits test split at {model.data_shape[-1]} px" if digits else None
     result["protocol"] = {"model": str(args.model), "eval_seeds": format_seeds(eval_seeds),
                           "tuning_seeds": format_seeds(tuning_seeds), "fd": fd,
-                          "reference": f"{REFERENCE[0]} {REFERENCE[1]} NFE, same seeds",
+                          "reference": f"{result['reference']['sampler']} {result['reference']['nfe']} NFE, same "
+                                       "seeds",
                           "hf_energy": "mean squared 3x3 Laplacian at full resolution",
                           **({"afs_data_stats": args.data_stats or "the run's training data"} if data_stats else {}),
                           "fast_path": "bf16 autocast, channels_last, no compile" if d.device.type == "cuda" else

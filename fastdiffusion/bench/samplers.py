@@ -97,12 +97,14 @@ def target_lines(target: dict) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="a trained model: run the trained-model table (every sampler x "
-                   "schedule x NFE: FD-digits, RMS to Heun-35, last sigma, HF energy) instead of the mixtures")
+    p.add_argument("model", nargs="?", help="a trained model (EDM family or PSLD): run the trained-model table "
+                   "(every sampler x schedule x NFE: FD-digits, RMS to a high-NFE reference, last level, HF energy) "
+                   "instead of the mixtures")
     m = p.add_argument_group("with MODEL")
-    m.add_argument("--schedules", help=f"comma list (default {','.join(model_samplers.SCHEDULES)}; 'model' fits "
-                   "the grid to the model per sampler and NFE; 'model+afs' runs the grid fitted for NFE + 1 calls "
-                   "with an analytic first step)")
+    m.add_argument("--schedules", help="comma list (default " + "; ".join(
+                   f"{family}: {','.join(names)}" for family, names in model_samplers.SCHEDULES.items())
+                   + "; 'model' fits the grid to the model per sampler and NFE; 'model+afs' (EDM family) runs the "
+                   "grid fitted for NFE + 1 calls with an analytic first step)")
     m.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for 'model+afs' (default: "
                    "from the run's training data)")
     m.add_argument("--seeds", default=model_samplers.EVAL_SEEDS, help="evaluation seeds")
@@ -113,8 +115,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--max-evals", type=int, default=200, help="sampler runs per fitted schedule")
     m.add_argument("--batch", type=int, default=1000, help="samples per batch")
     m.add_argument("--device", default="auto")
+    by_family = "; ".join(f"{family}: {','.join(names)}" for family, names in model_samplers.SAMPLERS.items())
     p.add_argument("--samplers", help="comma list of name or name@schedule (default: every deterministic "
-                   "EDM-family sampler at its default schedule); with MODEL, name[:KEY=VALUE...] (e.g. ipndm:order=2)")
+                   "EDM-family sampler at its default schedule); with MODEL, name[:KEY=VALUE...] (e.g. ipndm:order=2; "
+                   f"default the model family's: {by_family})")
     p.add_argument("--nfe", type=int_list, help=f"comma list (default {','.join(map(str, NFES))})")
     p.add_argument("--dims", type=int_list, default=[2, 64], help="mixture dimensions to run: 2, 64 (default both)")
     p.add_argument("--n", type=int, help="samples per problem (default 1000; 64 with --quick)")
