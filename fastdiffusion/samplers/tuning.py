@@ -66,13 +66,19 @@ def prior_noise(noise: Tensor) -> Callable[[Tensor], Tensor]:
     return lambda like: extra.to(like.dtype)
 
 
+def tunable_family(model: Callable, process: Process | None = None) -> str:
+    """The model's family, after checking that schedules can be tuned for it (one with ``REFERENCES``)."""
+    family = model_family(model, process)
+    if family not in REFERENCES:
+        raise UserError(f"tune: schedules are tuned for {' and '.join(REFERENCES)}-family models, not a {family} model")
+    return family
+
+
 def reference_solve(model: Callable, noise: Tensor, *, nfe: int | None = None, process: Process | None = None,
                     class_labels: Tensor | None = None) -> Reference:
     """The family's ``REFERENCES`` solve from ``noise`` (``nfe`` overrides its NFE). For the EDM family (Heun, EDM
     Algorithm 1) the state and D at every grid level are kept, for ``dp_grid``."""
-    family = model_family(model, process)
-    if family not in REFERENCES:
-        raise UserError(f"tune: schedules are tuned for {' and '.join(REFERENCES)}-family models, not a {family} model")
+    family = tunable_family(model, process)
     sampler, default_nfe, schedule, options = REFERENCES[family]
     states: list[Tensor] = []
     denoised: list[Tensor] = []
@@ -168,9 +174,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
     together with the sampler's ``FITTED`` coefficients that ``hyper`` does not fix and that have a default value.
     Tuning calls are not the sampler's NFE."""
     spec = get_sampler(sampler)
-    family = model_family(model, process)
-    if family not in REFERENCES:
-        raise UserError(f"tune: schedules are tuned for {' and '.join(REFERENCES)}-family models, not a {family} model")
+    family = tunable_family(model, process)
     if spec.family != family:
         raise UserError(f"tune: '{sampler}' is a {spec.family} sampler and the model is of the {family} family: "
                         f"tune one of {', '.join(deterministic_samplers(family))}")
