@@ -34,6 +34,7 @@ from .schedules import make_sigmas
 REFERENCES = {"edm": ("heun", 127, "karras", {}), "psld": ("csps-d", 255, "quadratic", {"lam": 0.0})}
 START_SCHEDULES = {"edm": ("karras", "logsnr"), "psld": ("quadratic", "time-uniform")}
 MIN_STEP = 0.01  # smallest log-level decrement, as a fraction of ln(sigma_max / sigma_min)
+UNSTABLE_STD = 5.0  # a reference endpoint this many times as spread as the noise: the model's PF-ODE diverges
 PRIOR_SEED = 0  # the draw of whatever part of the prior the tuning noise does not give (PSLD's momentum)
 # Sampler coefficients fitted with the levels unless given, each with its unit in the search (lambda-DDIM's lam is
 # in 1/sigma: 0.01 moves a 4-step solve visibly), and the first simplex step in those units.
@@ -101,6 +102,10 @@ def reference_solve(model: Callable, noise: Tensor, *, nfe: int | None = None, p
     except UserError as e:  # e.g. CSPS-D on a PSLD model with a time-varying beta
         raise UserError(f"tune: the reference solve ({reference_description(family)}) cannot run on this model: "
                         f"{e}") from None
+    if float(end.float().std()) > UNSTABLE_STD * float(noise.float().std()):
+        print(f"warning: tune: the reference solve ({reference_description(family)}) ends with a spread of "
+              f"{float(end.float().std()):.3g}, far beyond the noise's: this model's probability-flow ODE looks "
+              f"unstable, and a grid fitted to it will follow that (docs/results.md, session 11)", file=sys.stderr)
     if family != "edm":
         return Reference(torch.zeros(0, dtype=torch.float64), [], [], end)
     # Heun calls D twice per step: its first call of step i sees the state at level i.
