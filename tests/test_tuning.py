@@ -209,29 +209,45 @@ def test_logits_round_trip_on_another_range():
                                levels.numpy(), rtol=1e-9)
 
 
-def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path):
-    """`fastdiffusion tune` on a tiny model; its file drives `sample`, `eval` and `distill trajectories`."""
-    from fastdiffusion.cli import main
+def tiny_model_file(tmp_path, process: str):
+    """A ddpmpp-tiny model of 8×8 one-channel images for ``process`` (weights from seed 0), saved."""
     from fastdiffusion.models import build_model, save_model
     from fastdiffusion.nets import net_config
 
     torch.manual_seed(0)
-    model = build_model({"process": fd.make_process("edm").config(), "data_shape": [1, 8, 8],
-                         "net": net_config("ddpmpp-tiny", img_resolution=8, in_channels=1)})
+    proc = fd.make_process(process)
+    channels = 2 if proc.family == "psld" else 1  # PSLD's network sees (x, m)
+    model = build_model({"process": proc.config(), "data_shape": [1, 8, 8],
+                         "net": net_config("ddpmpp-tiny", img_resolution=8, in_channels=channels)})
     path = tmp_path / "m.safetensors"
     save_model(model, path)
+    return path
+
+
+def assert_sample_takes_the_grid(path, tmp_path, sampler: str, sched, grid: torch.Tensor) -> None:
+    """`sample --schedule FILE` writes what `fd.generate` makes on that grid (seeds 0-3)."""
+    from fastdiffusion.cli import main
+
+    assert main(["sample", str(path), "--sampler", sampler, "--nfe", "4", "--schedule", str(sched), "--seeds", "0-3",
+                 "--out", str(tmp_path / "x.npz")]) == 0
+    want = fd.generate(fd.load_model(path), [0, 1, 2, 3], sampler=sampler, nfe=4, sigmas=grid, progress=False)
+    got = np.load(tmp_path / "x.npz")["samples"]
+    np.testing.assert_array_equal(got, ((want.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                                  .permute(0, 2, 3, 1).numpy())
+
+
+def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path):
+    """`fastdiffusion tune` on a tiny model; its file drives `sample`, `eval` and `distill trajectories`."""
+    from fastdiffusion.cli import main
+
+    path = tiny_model_file(tmp_path, "edm")
     sched = tmp_path / "s.json"
     assert main(["tune", str(path), "--sampler", "ipndm", "--nfe", "4", "--seeds", "0-7", "--max-evals", "8",
                  "--out", str(sched)]) == 0
     saved = json.loads(sched.read_text())
     assert saved["protocol"]["sampler"] == "ipndm" and saved["protocol"]["nfe"] == 4
     grid = torch.tensor(saved["sigmas"], dtype=torch.float64)
-    assert main(["sample", str(path), "--sampler", "ipndm", "--nfe", "4", "--schedule", str(sched), "--seeds", "0-3",
-                 "--out", str(tmp_path / "x.npz")]) == 0
-    want = fd.generate(fd.load_model(path), [0, 1, 2, 3], sampler="ipndm", nfe=4, sigmas=grid, progress=False)
-    got = np.load(tmp_path / "x.npz")["samples"]
-    np.testing.assert_array_equal(got, ((want.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                                  .permute(0, 2, 3, 1).numpy())
+    assert_sample_takes_the_grid(path, tmp_path, "ipndm", sched, grid)
     assert main(["sample", str(path), "--sampler", "euler", "--nfe", "4", "--schedule", str(sched),
                  "--out", str(tmp_path / "y.npz")]) == 2
     assert main(["eval", str(path), "--sampler", "ipndm", "--nfe", "4", "--schedule", str(sched), "--n", "16",
@@ -247,14 +263,8 @@ def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path)
 def test_tune_a_psld_model_then_sample_with_its_time_grid(tmp_path):
     """`fastdiffusion tune` on a tiny PSLD model fits a time grid (reference CSPS-D) that `sample` then takes."""
     from fastdiffusion.cli import main
-    from fastdiffusion.models import build_model, save_model
-    from fastdiffusion.nets import net_config
 
-    torch.manual_seed(0)
-    model = build_model({"process": fd.make_process("psld").config(), "data_shape": [1, 8, 8],
-                         "net": net_config("ddpmpp-tiny", img_resolution=8, in_channels=2)})
-    path = tmp_path / "m.safetensors"
-    save_model(model, path)
+    path = tiny_model_file(tmp_path, "psld")
     sched = tmp_path / "s.json"
     assert main(["tune", str(path), "--sampler", "psld-conj", "--nfe", "4", "--seeds", "0-7", "--max-evals", "8",
                  "--out", str(sched)]) == 0
@@ -263,12 +273,7 @@ def test_tune_a_psld_model_then_sample_with_its_time_grid(tmp_path):
     grid = torch.tensor(saved["sigmas"], dtype=torch.float64)
     p = fd.load_model(path).process
     assert float(grid[0]) == pytest.approx(p.T) and float(grid[-2]) == pytest.approx(p.eval_eps) and grid[-1] == 0
-    assert main(["sample", str(path), "--sampler", "psld-conj", "--nfe", "4", "--schedule", str(sched),
-                 "--seeds", "0-3", "--out", str(tmp_path / "x.npz")]) == 0
-    want = fd.generate(fd.load_model(path), [0, 1, 2, 3], sampler="psld-conj", nfe=4, sigmas=grid, progress=False)
-    got = np.load(tmp_path / "x.npz")["samples"]
-    np.testing.assert_array_equal(got, ((want.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                                  .permute(0, 2, 3, 1).numpy())
+    assert_sample_takes_the_grid(path, tmp_path, "psld-conj", sched, grid)
 
 
 def test_reference_solve_warns_when_the_pf_ode_diverges(capsys):
