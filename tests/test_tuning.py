@@ -224,6 +224,17 @@ def tiny_model_file(tmp_path, process: str):
     return path
 
 
+def tune_to_file(path, tmp_path, sampler: str) -> tuple:
+    """`fastdiffusion tune PATH --sampler S --nfe 4` on seeds 0-7: the file, its JSON and its grid."""
+    from fastdiffusion.cli import main
+
+    sched = tmp_path / "s.json"
+    assert main(["tune", str(path), "--sampler", sampler, "--nfe", "4", "--seeds", "0-7", "--max-evals", "8",
+                 "--out", str(sched)]) == 0
+    saved = json.loads(sched.read_text())
+    return sched, saved, torch.tensor(saved["sigmas"], dtype=torch.float64)
+
+
 def assert_sample_takes_the_grid(path, tmp_path, sampler: str, sched, grid: torch.Tensor) -> None:
     """`sample --schedule FILE` writes what `fd.generate` makes on that grid (seeds 0-3)."""
     from fastdiffusion.cli import main
@@ -241,12 +252,8 @@ def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path)
     from fastdiffusion.cli import main
 
     path = tiny_model_file(tmp_path, "edm")
-    sched = tmp_path / "s.json"
-    assert main(["tune", str(path), "--sampler", "ipndm", "--nfe", "4", "--seeds", "0-7", "--max-evals", "8",
-                 "--out", str(sched)]) == 0
-    saved = json.loads(sched.read_text())
+    sched, saved, grid = tune_to_file(path, tmp_path, "ipndm")
     assert saved["protocol"]["sampler"] == "ipndm" and saved["protocol"]["nfe"] == 4
-    grid = torch.tensor(saved["sigmas"], dtype=torch.float64)
     assert_sample_takes_the_grid(path, tmp_path, "ipndm", sched, grid)
     assert main(["sample", str(path), "--sampler", "euler", "--nfe", "4", "--schedule", str(sched),
                  "--out", str(tmp_path / "y.npz")]) == 2
@@ -262,15 +269,9 @@ def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path)
 
 def test_tune_a_psld_model_then_sample_with_its_time_grid(tmp_path):
     """`fastdiffusion tune` on a tiny PSLD model fits a time grid (reference CSPS-D) that `sample` then takes."""
-    from fastdiffusion.cli import main
-
     path = tiny_model_file(tmp_path, "psld")
-    sched = tmp_path / "s.json"
-    assert main(["tune", str(path), "--sampler", "psld-conj", "--nfe", "4", "--seeds", "0-7", "--max-evals", "8",
-                 "--out", str(sched)]) == 0
-    saved = json.loads(sched.read_text())
+    sched, saved, grid = tune_to_file(path, tmp_path, "psld-conj")
     assert saved["protocol"]["objective"].startswith("endpoint RMS to csps-d 255 NFE on the quadratic grid")
-    grid = torch.tensor(saved["sigmas"], dtype=torch.float64)
     p = fd.load_model(path).process
     assert float(grid[0]) == pytest.approx(p.T) and float(grid[-2]) == pytest.approx(p.eval_eps) and grid[-1] == 0
     assert_sample_takes_the_grid(path, tmp_path, "psld-conj", sched, grid)
