@@ -1,0 +1,89 @@
+"""Diagnostic for a trained PSLD model whose PF-ODE diverges (``pf_ode_stability.py``): its ε replaced above a time
+t_c by the exact ε of per-pixel Gaussian data (each pixel N(mean, var) of the training set, independent), which needs
+no network. Reports the samples' spread for deterministic samplers from the prior per t_c, and the RMS error of both
+ε against the training target on perturbed training images at high t. Usage (CPU, about two minutes):
+    python benchmarks/psld_digits/gaussian_high_t.py RUN --out benchmarks/psld_digits/gaussian_high_t.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import fastdiffusion as fd
+from fastdiffusion.bench.provenance import provenance
+from fastdiffusion.checkpoint import atomic_write_json
+from fastdiffusion.data import load_dataset
+from fastdiffusion.metrics.sources import run_training
+from fastdiffusion.processes.psld import PSLD, join, split
+
+T_CS = (None, 0.8, 0.65, 0.5)  # None: the network everywhere
+RUNS = (("psld-conj", 200), ("csps-d", 100), ("psld-conj", 20))
+
+
+def gaussian_eps(p: PSLD, z: Tensor, t: float, mu: Tensor, var: Tensor) -> Tensor:
+    """ε = L_tᵀ Σ_t⁻¹ (z − a x̄) per pixel: z = a x₀ + L_t ε with x₀ ~ N(x̄, v), a the first column of μ(t), so
+    Σ_t = v a aᵀ + L_t L_tᵀ (2×2 per pixel)."""
+    tt = torch.tensor(t, dtype=torch.float64)
+    a, cov, chol = p.kernel_mean_matrix(tt)[:, 0], p.kernel_cov(tt), p.kernel_chol(tt)
+    zx, zm = split(z.double())
+    dx, dm = zx - a[0] * mu, zm - a[1] * mu
+    s00, s01, s11 = a[0] ** 2 * var + cov[0, 0], a[0] * a[1] * var + cov[0, 1], a[1] ** 2 * var + cov[1, 1]
+    det = s00 * s11 - s01 ** 2
+    ix, im = (s11 * dx - s01 * dm) / det, (s00 * dm - s01 * dx) / det
+    return join(chol[0, 0] * ix + chol[1, 0] * im, chol[0, 1] * ix + chol[1, 1] * im).to(z.dtype)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--n", type=int, default=256, help="prior draws / training images")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    model = fd.load_model(args.model)
+    proc = model.process
+    training = run_training(Path(args.model))
+    if training is None:
+        raise SystemExit(f"{args.model}: not a run directory with a config.json naming its training data")
+    x = load_dataset(training["data"], split="train").x.double()
+    mu, var = x.mean(0, keepdim=True), x.var(0, keepdim=True)
+
+    def hybrid(t_c: float | None):
+        class Eps:
+            process = proc
+
+            def __call__(self, z: Tensor, t: Tensor) -> Tensor:
+                s = float(torch.as_tensor(t).reshape(-1)[0])
+                return gaussian_eps(proc, z, s, mu, var) if t_c is not None and s > t_c else model(z, t)
+
+        return Eps()
+
+    noise = torch.randn(args.n, *model.data_shape, generator=torch.Generator().manual_seed(0))
+    rows = []
+    with torch.no_grad():
+        for t_c in T_CS:
+            for sampler, nfe in RUNS:
+                out = fd.sample(hybrid(t_c), noise, sampler=sampler, nfe=nfe, process=proc, lam=0.0)
+                rows.append({"t_c": t_c, "sampler": sampler, "nfe": nfe, "lam": 0.0, "std": float(out.std()),
+                             "abs_max": float(out.abs().max())})
+                print(rows[-1], flush=True)
+        x0 = x[: args.n]
+        errors = []
+        for t0 in (1.0, 0.8, 0.65, 0.5):
+            t = torch.full((x0.shape[0],), t0, dtype=torch.float64)
+            z, target = proc.perturb(x0, t, torch.randn(x0.shape[0], 2 * x0.shape[1], *x0.shape[2:],
+                                                        dtype=torch.float64))
+            net = model(z.float(), torch.tensor(t0, dtype=torch.float64)).double()
+            errors.append({"t": t0, "network_rms_error": float((net - target).square().mean().sqrt()),
+                           "gaussian_rms_error": float((gaussian_eps(proc, z, t0, mu, var).double() - target)
+                                                       .square().mean().sqrt())})
+            print(errors[-1], flush=True)
+    atomic_write_json(args.out, {**provenance("cpu"), "model": str(args.model), "data": training["data"],
+                                 "data_std": float(x.std()), "draws": args.n, "samples": rows, "eps_error": errors})
+
+
+if __name__ == "__main__":
+    main()
