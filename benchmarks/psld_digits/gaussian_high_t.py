@@ -7,17 +7,13 @@ no network. Reports the samples' spread for deterministic samplers from the prio
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 from torch import Tensor
+from trained_run import load_trained_run
 
 import fastdiffusion as fd
 from fastdiffusion.bench.provenance import provenance
 from fastdiffusion.checkpoint import atomic_write_json
-from fastdiffusion.data import load_dataset
-from fastdiffusion.metrics.sources import run_training
 from fastdiffusion.processes.psld import PSLD, join, split
 
 T_CS = (None, 0.8, 0.65, 0.5)  # None: the network everywhere
@@ -38,17 +34,8 @@ def gaussian_eps(p: PSLD, z: Tensor, t: float, mu: Tensor, var: Tensor) -> Tenso
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model")
-    p.add_argument("--n", type=int, default=256, help="prior draws / training images")
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args()
-    model = fd.load_model(args.model)
+    args, model, data, x = load_trained_run(__doc__)
     proc = model.process
-    training = run_training(Path(args.model))
-    if training is None:
-        raise SystemExit(f"{args.model}: not a run directory with a config.json naming its training data")
-    x = load_dataset(training["data"], split="train").x.double()
     mu, var = x.mean(0, keepdim=True), x.var(0, keepdim=True)
 
     def hybrid(t_c: float | None):
@@ -81,7 +68,7 @@ def main() -> None:
                            "gaussian_rms_error": float((gaussian_eps(proc, z, t0, mu, var).double() - target)
                                                        .square().mean().sqrt())})
             print(errors[-1], flush=True)
-    atomic_write_json(args.out, {**provenance("cpu"), "model": str(args.model), "data": training["data"],
+    atomic_write_json(args.out, {**provenance("cpu"), "model": str(args.model), "data": data,
                                  "data_std": float(x.std()), "draws": args.n, "samples": rows, "eps_error": errors})
 
 

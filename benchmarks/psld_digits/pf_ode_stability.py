@@ -7,16 +7,12 @@ PSLD demo model: ``fastdiffusion train --preset demo --process psld --run-dir RU
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
+from trained_run import load_trained_run
 
 import fastdiffusion as fd
 from fastdiffusion.bench.provenance import provenance
 from fastdiffusion.checkpoint import atomic_write_json
-from fastdiffusion.data import load_dataset
-from fastdiffusion.metrics.sources import run_training
 from fastdiffusion.processes.psld import split
 from fastdiffusion.samplers import make_sigmas, splitting
 from fastdiffusion.samplers.counted import CountedModel
@@ -32,19 +28,10 @@ def stats(x: torch.Tensor) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model")
-    p.add_argument("--n", type=int, default=256, help="training images / prior draws")
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args()
+    args, model, run_data, images = load_trained_run(__doc__)
     torch.manual_seed(0)
-    model = fd.load_model(args.model)
     proc = model.process
-    training = run_training(Path(args.model))
-    if training is None:
-        raise SystemExit(f"{args.model}: not a run directory with a config.json naming its training data")
-    run_data = training["data"]
-    x0 = load_dataset(run_data, split="train").x[: args.n].double()
+    x0 = images[: args.n]
     n, c = x0.shape[:2]
     out: dict = {"data": run_data, "data_std": float(x0.std()), "eps_error": [], "pf_ode_from_data": [],
                  "from_prior": []}
