@@ -35,6 +35,7 @@ def gaussian_eps(p: PSLD, z: Tensor, t: float, mu: Tensor, var: Tensor) -> Tenso
 
 def main() -> None:
     args, model, data, x = load_trained_run(__doc__)
+    torch.manual_seed(0)  # the prior's momentum and the perturbations' noise
     proc = model.process
     mu, var = x.mean(0, keepdim=True), x.var(0, keepdim=True)
 
