@@ -238,7 +238,7 @@ def test_trained_model_table_of_a_psld_model_fits_its_time_grids(tmp_path, capsy
     assert "Reference: csps-d 100 NFE" in (tmp_path / "table" / "model_samplers.md").read_text()
     capsys.readouterr()
     assert cli_main([*args, "--schedules", "model+afs", "--out", str(tmp_path / "afs")]) == 2
-    assert "analytic first step is for EDM-family models" in capsys.readouterr().err
+    assert "--schedules model+afs: --afs needs an EDM-family model" in capsys.readouterr().err
 
 
 def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_first_step(tmp_path, capsys):

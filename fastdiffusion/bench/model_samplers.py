@@ -1,10 +1,10 @@
 """``fastdiffusion bench samplers MODEL``: every sampler × schedule × NFE on a trained model (docs/benchmarks.md).
 
-Per run: FD on the bundled digits classifier (models whose run trained on the digits), the RMS to the Heun-35
-endpoint from the same noise, the last positive noise level and the high-frequency energy against Heun-35's (no win
-by blur). The ``model`` schedule is fitted per sampler and NFE on tuning seeds disjoint from the evaluation seeds
-(``samplers.tuning``); ``model+afs`` runs the grid fitted for NFE + 1 calls with its first call answered by the data's
-Gaussian denoiser (the analytic first step), so NFE network calls.
+Per run: FD on the bundled digits classifier (models whose run trained on the digits), the RMS to the endpoint of the
+family's ``REFERENCE`` solve from the same noise, the last positive noise level (PSLD: time) and the high-frequency
+energy against the reference's (no win by blur). The ``model`` schedule is fitted per sampler and NFE on tuning
+seeds disjoint from the evaluation seeds (``samplers.tuning``); ``model+afs`` runs the grid fitted for NFE + 1 calls
+with its first call answered by the data's Gaussian denoiser (the analytic first step), so NFE network calls.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ..plots import figure, save_figure
 from ..processes.gaussian_data import GaussianDataStats
 from ..samplers import get_sampler, make_sigmas
 from ..samplers.tuning import fit_schedule, reference_solve
-from ..sampling import check_sampler_args, generate, sampling_range
+from ..sampling import check_gaussian_family, check_sampler_args, generate, sampling_range
 from ..seeds import SeededNoise, format_seeds, parse_seeds
 from .provenance import provenance
 
@@ -64,7 +64,7 @@ def trained_on_digits(path: str | Path) -> bool:
 def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str], nfes: Sequence[int],
         eval_seeds: list[int], tuning_seeds: list[int], tune_nfes: Sequence[int], batch: int, max_evals: int,
         device: torch.device, digits: bool, data_stats: GaussianDataStats | None = None) -> dict:
-    """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the Heun-35 reference;
+    """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the family's reference;
     ``data_stats`` for the ``model+afs`` schedule."""
     from ..metrics.digits_classifier import fd_digits
 
@@ -246,8 +246,11 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError("--seeds and --tuning-seeds overlap: evaluation must use fresh noise")
     samplers = args.samplers.split(",") if args.samplers else list(SAMPLERS[model.family])
     schedules = args.schedules.split(",") if args.schedules else list(SCHEDULES[model.family])
-    if "model+afs" in schedules and model.family != "edm":
-        raise UserError(f"--schedules model+afs: the analytic first step is for EDM-family models, not {model.family}")
+    if "model+afs" in schedules:
+        try:
+            check_gaussian_family(model, afs=True)
+        except UserError as e:
+            raise UserError(f"--schedules model+afs: {e}") from None
     if args.data_stats is not None and "model+afs" not in schedules:
         raise UserError("--data-stats is used only by the 'model+afs' schedule: add it to --schedules or drop "
                         "--data-stats")

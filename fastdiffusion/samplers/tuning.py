@@ -77,8 +77,8 @@ def tunable_family(model: Callable, process: Process | None = None) -> str:
 
 def reference_solve(model: Callable, noise: Tensor, *, nfe: int | None = None, process: Process | None = None,
                     class_labels: Tensor | None = None) -> Reference:
-    """The family's ``REFERENCES`` solve from ``noise`` (``nfe`` overrides its NFE). For the EDM family (Heun, EDM
-    Algorithm 1) the state and D at every grid level are kept, for ``dp_grid``."""
+    """The family's ``REFERENCES`` solve from ``noise`` (``nfe`` overrides its NFE). Where its callback reports D (the
+    EDM family's Heun, EDM Algorithm 1) the state and D at every grid level are kept, for ``dp_grid``."""
     family = tunable_family(model, process)
     sampler, default_nfe, schedule, options = REFERENCES[family]
     states: list[Tensor] = []
@@ -106,7 +106,7 @@ def reference_solve(model: Callable, noise: Tensor, *, nfe: int | None = None, p
         print(f"warning: tune: the reference solve ({reference_description(family)}) ends with a spread of "
               f"{float(end.float().std()):.3g}, far beyond the noise's: this model's probability-flow ODE looks "
               f"unstable, and a grid fitted to it will follow that (docs/results.md, session 11)", file=sys.stderr)
-    if family != "edm":
+    if not denoised:  # a reference without denoiser outputs (PSLD's ε samplers): no states for dp_grid
         return Reference(torch.zeros(0, dtype=torch.float64), [], [], end)
     # Heun calls D twice per step: its first call of step i sees the state at level i.
     firsts = states[0::2]
