@@ -13,31 +13,21 @@ from trained_run import load_trained_run
 
 import fastdiffusion as fd
 from fastdiffusion.bench.provenance import provenance
+from fastdiffusion.bench.psld_exact import PSLDMixtureEps
 from fastdiffusion.checkpoint import atomic_write_json
-from fastdiffusion.processes.psld import PSLD, join, split
+from fastdiffusion.data.gmm import GaussianMixture
 
 T_CS = (None, 0.8, 0.65, 0.5)  # None: the network everywhere
 RUNS = (("psld-conj", 200), ("csps-d", 100), ("psld-conj", 20))
-
-
-def gaussian_eps(p: PSLD, z: Tensor, t: float, mu: Tensor, var: Tensor) -> Tensor:
-    """ε = L_tᵀ Σ_t⁻¹ (z − a x̄) per pixel: z = a x₀ + L_t ε with x₀ ~ N(x̄, v), a the first column of μ(t), so
-    Σ_t = v a aᵀ + L_t L_tᵀ (2×2 per pixel)."""
-    tt = torch.tensor(t, dtype=torch.float64)
-    a, cov, chol = p.kernel_mean_matrix(tt)[:, 0], p.kernel_cov(tt), p.kernel_chol(tt)
-    zx, zm = split(z.double())
-    dx, dm = zx - a[0] * mu, zm - a[1] * mu
-    s00, s01, s11 = a[0] ** 2 * var + cov[0, 0], a[0] * a[1] * var + cov[0, 1], a[1] ** 2 * var + cov[1, 1]
-    det = s00 * s11 - s01 ** 2
-    ix, im = (s11 * dx - s01 * dm) / det, (s00 * dm - s01 * dx) / det
-    return join(chol[0, 0] * ix + chol[1, 0] * im, chol[0, 1] * ix + chol[1, 1] * im).to(z.dtype)
 
 
 def main() -> None:
     args, model, data, x = load_trained_run(__doc__)
     torch.manual_seed(0)  # the prior's momentum and the perturbations' noise
     proc = model.process
-    mu, var = x.mean(0, keepdim=True), x.var(0, keepdim=True)
+    # Per-pixel Gaussian data: a one-component mixture with the training set's per-pixel mean and variance.
+    gaussian = PSLDMixtureEps(GaussianMixture(means=x.mean(0).reshape(1, -1), variances=x.var(0).reshape(1, -1),
+                                              weights=[1.0]), proc)
 
     def hybrid(t_c: float | None):
         class Eps:
@@ -45,7 +35,7 @@ def main() -> None:
 
             def __call__(self, z: Tensor, t: Tensor) -> Tensor:
                 s = float(torch.as_tensor(t).reshape(-1)[0])
-                return gaussian_eps(proc, z, s, mu, var) if t_c is not None and s > t_c else model(z, t)
+                return gaussian(z, t).to(z.dtype) if t_c is not None and s > t_c else model(z, t)
 
         return Eps()
 
@@ -66,8 +56,8 @@ def main() -> None:
                                                         dtype=torch.float64))
             net = model(z.float(), torch.tensor(t0, dtype=torch.float64)).double()
             errors.append({"t": t0, "network_rms_error": float((net - target).square().mean().sqrt()),
-                           "gaussian_rms_error": float((gaussian_eps(proc, z, t0, mu, var).double() - target)
-                                                       .square().mean().sqrt())})
+                           "gaussian_rms_error": float((gaussian(z, torch.tensor(t0, dtype=torch.float64))
+                                                        .double() - target).square().mean().sqrt())})
             print(errors[-1], flush=True)
     atomic_write_json(args.out, {**provenance("cpu"), "model": str(args.model), "data": data,
                                  "data_std": float(x.std()), "draws": args.n, "samples": rows, "eps_error": errors})
