@@ -114,10 +114,11 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_gaussian_arguments(parser: argparse.ArgumentParser) -> None:
     """``--teleport SIGMA``, ``--afs`` and ``--data-stats DATA|FILE`` (``processes.gaussian_data``, ``data.stats``;
-    EDM family)."""
-    parser.add_argument("--teleport", type=float, metavar="SIGMA", help="skip the noise levels above SIGMA by "
-                        "the exact flow of Gaussian data (0 network calls); the sampler spends its NFE below SIGMA")
-    parser.add_argument("--afs", action="store_true", help="analytic first step: the sampler's first denoiser call is "
+    EDM family and PSLD)."""
+    parser.add_argument("--teleport", type=float, metavar="SIGMA", help="skip the noise levels (PSLD: times) above "
+                        "SIGMA by the exact flow of Gaussian data (0 network calls); the sampler spends its NFE below "
+                        "SIGMA")
+    parser.add_argument("--afs", action="store_true", help="analytic first step: the sampler's first model call is "
                         "the Gaussian data's (not a network call), so it runs a grid of NFE + 1 calls")
     parser.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for --teleport/--afs: a "
                         "statistics .safetensors or DATA[@SPLIT] (default: data_stats.safetensors beside the model, "

@@ -32,6 +32,7 @@ from .samplers.counted import CountedModel, run_counted
 
 # (sampler, NFE) used when the caller names none: EDM's Heun at 18 steps, PSLD's SSCS baseline, DSNO's one call.
 FAMILY_DEFAULTS = {"edm": ("heun", 35), "psld": ("sscs", 100), "dsno": ("dsno", 1)}
+GAUSSIAN_FAMILIES = ("edm", "psld")  # the families whose process knows Gaussian data's model and flow (teleport, afs)
 
 
 def model_process(model: Callable, process: Process | None = None) -> Process:
@@ -128,13 +129,14 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     ``guidance_interval`` (lo, hi] if given; ``nfe`` counts guided calls, each 2 network evaluations per sample when
     W != 1 (``network_levels`` tells which calls an interval guides).
 
-    Gaussian shortcuts (EDM-family models; ``data_stats``: the data's ``GaussianDataStats`` or their file, see
-    ``processes.gaussian_data``): ``teleport=sigma_T`` moves the prior sample from sigma_max to sigma_T by the exact
-    PF-ODE flow of Gaussian data (no network call) and the sampler then spends all ``nfe`` calls on a schedule over
-    [sigma_min, sigma_T] (an explicit ``sigmas`` grid must start at sigma_T). ``afs`` answers the sampler's first
-    denoiser call with the Gaussian denoiser, so the sampler runs its grid of ``nfe + 1`` calls of which ``nfe`` are
-    network calls; ``nfe`` (and the progress bar) count network calls only. With ``class_labels`` the Gaussian stand-in
-    is the unconditional data's.
+    Gaussian shortcuts (EDM-family and PSLD models; ``data_stats``: the data's ``GaussianDataStats`` or their file,
+    see ``processes.gaussian_data``): ``teleport=sigma_T`` (PSLD: a time t_T) moves the prior sample from sigma_max to
+    sigma_T by the exact PF-ODE flow of Gaussian data (``process.gaussian_transport``, no network call) and the
+    sampler then spends all ``nfe`` calls on a schedule over [sigma_min, sigma_T] (an explicit ``sigmas`` grid must
+    start at sigma_T). ``afs`` answers the sampler's first call with the Gaussian data's exact model output
+    (``process.gaussian_model``: D, or PSLD's ε), so the sampler runs its grid of ``nfe + 1`` calls of which ``nfe``
+    are network calls; ``nfe`` (and the progress bar) count network calls only. With ``class_labels`` the Gaussian
+    stand-in is the unconditional data's.
     """
     plan = plan_sampling(model, sampler=sampler, nfe=nfe, schedule=schedule, sigma_min=sigma_min,
                          sigma_max=sigma_max, rho=rho, process=process, sigmas=sigmas, teleport=teleport, afs=afs,
@@ -149,12 +151,13 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE{extra}", disable=not progress, leave=False)
     show_compiling(model, bar)
     process = model_process(model, process)
-    den = AnalyticFirstCall(guided, process, bar, stats.denoise) if afs else CountedModel(guided, process, bar)
+    den = AnalyticFirstCall(guided, process, bar, process.gaussian_model(stats)) if afs else CountedModel(
+        guided, process, bar)
     if teleport is None:
         x = process.prior(noise.float(), sigmas[0], noise_fn or torch.randn_like)
     else:
         x = process.prior(noise.float(), torch.tensor(start, dtype=torch.float64), noise_fn or torch.randn_like)
-        x = stats.transport(x, start, float(sigmas[0]))
+        x = process.gaussian_transport(stats, x, start, float(sigmas[0]))
     x = run_counted(plan.spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback, **hyper)
     bar.close()
     return process.data_part(x)
@@ -250,12 +253,12 @@ def model_data_shape(model: Callable) -> tuple[int, ...] | None:
 
 def check_gaussian_family(model: Callable, process: Process | None = None, teleport: float | None = None,
                           afs: bool = False) -> str:
-    """The model's sampler family, after checking that ``teleport`` / ``afs``, if asked, apply to it: they need an
-    EDM-family denoiser D(x, sigma) (not PSLD, not a DSNO student)."""
+    """The model's sampler family, after checking that ``teleport`` / ``afs``, if asked, apply to it: they need a
+    diffusion model (EDM family or PSLD), not a DSNO student."""
     family = model_family(model, process)
-    if (teleport is not None or afs) and family != "edm":
+    if (teleport is not None or afs) and family not in GAUSSIAN_FAMILIES:
         what = "--teleport" if teleport is not None else "--afs"
-        raise UserError(f"{what} needs an EDM-family model (a denoiser D(x, sigma)); this is a {family} model")
+        raise UserError(f"{what} needs a diffusion model (EDM family or PSLD); this is a {family} model")
     return family
 
 

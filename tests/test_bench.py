@@ -208,7 +208,7 @@ def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
 
 def test_trained_model_table_of_a_psld_model_fits_its_time_grids(tmp_path, capsys):
     """A PSLD model's table: its own samplers, time grids and reference (CSPS-D 100), fitted time grids as `tune`
-    fits them; the analytic first step is refused."""
+    fits them, and with the analytic first step the grid fitted for one more call."""
     import fastdiffusion as fd
     from fastdiffusion.bench.model_samplers import hf_energy
     from fastdiffusion.samplers.tuning import fit_schedule
@@ -237,8 +237,9 @@ def test_trained_model_table_of_a_psld_model_fits_its_time_grids(tmp_path, capsy
     assert rows["model"]["sigmas"] == want.sigmas.tolist()
     assert "Reference: csps-d 100 NFE" in (tmp_path / "table" / "model_samplers.md").read_text()
     capsys.readouterr()
-    assert cli_main([*args, "--schedules", "model+afs", "--out", str(tmp_path / "afs")]) == 2
-    assert "--schedules model+afs: --afs needs an EDM-family model" in capsys.readouterr().err
+    assert cli_main([*args, "--schedules", "model+afs", "--out", str(tmp_path / "afs")]) == 0
+    afs_row, = json.loads((tmp_path / "afs" / "model_samplers.json").read_text())["results"]
+    assert afs_row["tuning_nfe"] == 5 and len(afs_row["sigmas"]) == 6 and afs_row["sigmas"][0] == 1.0
 
 
 def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_first_step(tmp_path, capsys):

@@ -17,7 +17,6 @@ from fastdiffusion.data import load_dataset
 from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.data.stats import STATS_FILE, compute_stats, resolve_data_stats
 from fastdiffusion.errors import UserError
-from fastdiffusion.processes import PSLD
 from fastdiffusion.processes.gaussian_data import GaussianDataStats
 from fastdiffusion.samplers import get_sampler, make_sigmas
 from fastdiffusion.samplers.counted import CountedModel
@@ -213,12 +212,6 @@ def test_afs_progress_bar_counts_network_calls_only(monkeypatch):
 def test_bad_shortcut_requests_are_one_line_user_errors():
     noise = torch.randn(2, 4)
     den = MixtureDenoiser(MIX)
-    with pytest.raises(UserError, match="EDM-family model"):
-        fd.sample(lambda z, t: torch.zeros_like(z), torch.randn(2, 1, 4, 4), process=PSLD(), teleport=5.0,
-                  data_stats=MIX_STATS)
-    with pytest.raises(UserError, match="EDM-family model"):
-        fd.sample(lambda z, t: torch.zeros_like(z), torch.randn(2, 1, 4, 4), process=PSLD(), afs=True,
-                  data_stats=MIX_STATS)
     with pytest.raises(UserError, match="mean and covariance"):
         fd.sample(den, noise, sampler="euler", nfe=3, afs=True)
     with pytest.raises(UserError, match="between sigma_min"):

@@ -103,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("with MODEL")
     m.add_argument("--schedules", help="comma list (default " + "; ".join(
                    f"{family}: {','.join(names)}" for family, names in model_samplers.SCHEDULES.items())
-                   + "; 'model' fits the grid to the model per sampler and NFE; 'model+afs' (EDM family) runs the "
+                   + "; 'model' fits the grid to the model per sampler and NFE; 'model+afs' runs the "
                    "grid fitted for NFE + 1 calls with an analytic first step)")
     m.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for 'model+afs' (default: "
                    "from the run's training data)")

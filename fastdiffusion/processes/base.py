@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .gaussian_data import GaussianDataStats
+
 
 @dataclass(frozen=True)
 class Precond:
@@ -69,6 +71,18 @@ class Process(Protocol):
 
     def data_part(self, state: Tensor) -> Tensor:
         """The data channels of a sampler state."""
+        ...
+
+    # -- Gaussian data (the analytic first step and the teleport) ------------------------------------------------
+    def gaussian_model(self, stats: GaussianDataStats) -> Callable[[Tensor, Tensor | float], Tensor]:
+        """The exact model output (what the network approximates) when the data are N(mean, covariance) of
+        ``stats``: D(x, sigma) (EDM family) or eps(z, t) (PSLD)."""
+        ...
+
+    def gaussian_transport(self, stats: GaussianDataStats, state: Tensor, sigma_from: float, sigma_to: float
+                           ) -> Tensor:
+        """The sampler state at ``sigma_to`` by the exact PF-ODE flow of that Gaussian data from ``state`` at
+        ``sigma_from``."""
         ...
 
     # -- training ------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import LinearPFODE, Precond
+from .gaussian_data import GaussianDataStats
 
 
 def _device(generator: torch.Generator | None) -> torch.device | None:
@@ -61,6 +62,14 @@ class EDMFamily(ABC):
 
     def data_part(self, state: Tensor) -> Tensor:
         return state
+
+    def gaussian_model(self, stats: GaussianDataStats) -> Callable[[Tensor, Tensor | float], Tensor]:
+        """The exact denoiser D(x, sigma) of Gaussian data with these statistics."""
+        return stats.denoise
+
+    def gaussian_transport(self, stats: GaussianDataStats, x: Tensor, sigma_from: float, sigma_to: float) -> Tensor:
+        """x(sigma_to) of the exact PF-ODE flow of Gaussian data from x(sigma_from) = x."""
+        return stats.transport(x, sigma_from, sigma_to)
 
     def loss_clamp(self, step: int) -> float:
         return math.inf

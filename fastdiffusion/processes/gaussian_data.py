@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,21 +99,34 @@ class GaussianDataStats:
         return self._apply(x, sigma_from, sigma_to, lambda lam, s2a, s2b: ((lam + s2b) / (lam + s2a)).sqrt())
 
     def _apply(self, x: Tensor, sigma_a: Tensor | float, sigma_b: Tensor | float, gain) -> Tensor:
-        """``mu + g(r) (x - mu) + U ((g(lam) - g(r)) * U^T (x - mu))`` per row, g = ``gain(var, sigma_a^2,
-        sigma_b^2)``, in float64 (float32 where the device has no float64), returned in x's dtype."""
+        """``mu + mix(x - mu)`` with the scalar blocks g = ``gain(var, sigma_a^2, sigma_b^2)`` per row, returned in
+        x's dtype."""
         n = x.shape[0]
         self.check_shape(x.shape[1:])
-        dtype = torch.float32 if x.device.type == "mps" else torch.float64
-        mean, basis, lam = self._on(x.device, dtype)
+        dtype = self.work_dtype(x.device)
+        mean = self.on(x.device, dtype)[0]
         s2a, s2b = (torch.as_tensor(s, dtype=dtype, device=x.device).reshape(-1).expand(n)[:, None] ** 2
                     for s in (sigma_a, sigma_b))
-        y = x.reshape(n, -1).to(dtype) - mean
-        rest = torch.full((1, 1), self.residual, dtype=dtype, device=x.device)
-        g_rest = gain(rest, s2a, s2b)  # (n, 1)
-        out = mean + g_rest * y + ((y @ basis) * (gain(lam[None], s2a, s2b) - g_rest)) @ basis.T
+        y = x.reshape(n, 1, -1).to(dtype) - mean
+        out = mean + self.mix(y, lambda var: gain(var, s2a, s2b)[..., None, None])[:, 0]
         return out.reshape(x.shape).to(x.dtype)
 
-    def _on(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    def mix(self, y: Tensor, blocks: Callable[[Tensor], Tensor]) -> Tensor:
+        """``B(r) y + U ((B(lam) - B(r)) U^T y)``: y (n, P, D) (P values per pixel, e.g. PSLD's (x, m)) mixed along
+        each eigendirection by the (n or 1, len(var), P, P) blocks ``blocks(var)`` of its variance; in y's dtype."""
+        _, basis, lam = self.on(y.device, y.dtype)
+        rest = blocks(torch.full((1,), self.residual, dtype=y.dtype, device=y.device))
+        coef = (y @ basis).transpose(1, 2)[..., None]  # (n, k, P, 1)
+        along = ((blocks(lam) - rest) @ coef)[..., 0].transpose(1, 2) @ basis.T
+        return rest[:, 0] @ y + along
+
+    @staticmethod
+    def work_dtype(device: torch.device) -> torch.dtype:
+        """float64, or float32 where the device has no float64 (MPS)."""
+        return torch.float32 if device.type == "mps" else torch.float64
+
+    def on(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, basis, eigenvalues) on ``device`` in ``dtype``, cached."""
         key = (device, dtype)
         if key not in self._cache:
             self._cache[key] = tuple(t.to(device, dtype) for t in (self.mean, self.basis, self.eigenvalues))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import numpy as np
@@ -18,6 +19,8 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..expint import phi
 from .base import LinearPFODE
+from .gaussian_data import GaussianDataStats
+from .psld_gaussian import gaussian_eps, gaussian_transport
 
 LOSSES = ("hsm", "dsm")
 
@@ -340,6 +343,14 @@ class PSLD:
     def data_part(self, state: Tensor) -> Tensor:
         """x of z = (x, m)."""
         return split(state)[0]
+
+    def gaussian_model(self, stats: GaussianDataStats) -> Callable[[Tensor, Tensor | float], Tensor]:
+        """The exact ε(z, t) of Gaussian data with these statistics (``psld_gaussian.gaussian_eps``)."""
+        return partial(gaussian_eps, self, stats)
+
+    def gaussian_transport(self, stats: GaussianDataStats, z: Tensor, t_from: float, t_to: float) -> Tensor:
+        """z(t_to) of the exact PF-ODE flow of Gaussian data from z(t_from) = z (``psld_gaussian``)."""
+        return gaussian_transport(self, stats, z, t_from, t_to)
 
     # -- training --------------------------------------------------------------------------------------------------
     def c_noise(self, t: Tensor) -> Tensor:
