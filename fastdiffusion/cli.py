@@ -94,7 +94,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     args.sampler, args.nfe = resolve_sampler(model, args.sampler, args.nfe)
     check_sampler_args(args.sampler, args.nfe, hyper, args.afs)
     gaussian = gaussian_options(args.teleport, args.afs, args.data_stats, args.model, model)
-    schedule = schedule_options(args.schedule, args.sampler, args.nfe + args.afs, model, hyper)  # before accelerate
+    # before accelerate, which wraps the weights the schedule's digest reads
+    schedule = schedule_options(args.schedule, args.sampler, args.nfe + args.afs, model, hyper, args.teleport)
     accelerate(model, d.device, **fast_path_options(args),
                calls=sampling_calls(len(seeds), args.batch, args.nfe, d.world_size))  # compile if it pays
     with torch.no_grad():

@@ -112,14 +112,15 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
                              "Kynkaanniemi et al. 2024); elsewhere the plain conditional model, 1 network evaluation")
 
 
-def add_gaussian_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--teleport SIGMA``, ``--afs`` and ``--data-stats DATA|FILE`` (``processes.gaussian_data``, ``data.stats``;
-    EDM family and PSLD)."""
+def add_gaussian_arguments(parser: argparse.ArgumentParser, afs: bool = True) -> None:
+    """``--teleport SIGMA``, ``--afs`` (unless ``afs`` is False) and ``--data-stats DATA|FILE``
+    (``processes.gaussian_data``, ``data.stats``; EDM family and PSLD)."""
     parser.add_argument("--teleport", type=float, metavar="SIGMA", help="skip the noise levels (PSLD: times) above "
                         "SIGMA by the exact flow of Gaussian data (0 network calls); the sampler spends its NFE below "
                         "SIGMA")
-    parser.add_argument("--afs", action="store_true", help="analytic first step: the sampler's first model call is "
-                        "the Gaussian data's (not a network call), so it runs a grid of NFE + 1 calls")
+    if afs:
+        parser.add_argument("--afs", action="store_true", help="analytic first step: the sampler's first model call "
+                            "is the Gaussian data's (not a network call), so it runs a grid of NFE + 1 calls")
     parser.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for --teleport/--afs: a "
                         "statistics .safetensors or DATA[@SPLIT] (default: data_stats.safetensors beside the model, "
                         "else the run's training data, computed once and cached there)")

@@ -276,6 +276,12 @@ def gaussian_options(teleport: float | None, afs: bool, data_stats: GaussianData
             "data_stats": resolve_data_stats(model_path, data_stats, model_data_shape(model))}
 
 
+def check_teleport_level(teleport: float, lo: float, start: float) -> None:
+    """A one-line UserError unless sigma_min ``lo`` < ``teleport`` < the prior's level ``start``."""
+    if not (math.isfinite(teleport) and lo < teleport < start):
+        raise UserError(f"--teleport {teleport:g}: give a noise level between sigma_min {lo:g} and sigma_max {start:g}")
+
+
 def gaussian_shortcuts(teleport: float | None, afs: bool, data_stats: GaussianDataStats | str | Path | None,
                        noise: Tensor, lo: float, start: float) -> GaussianDataStats | None:
     """The data statistics ``teleport`` / ``afs`` use, after checking the teleport level lies inside (sigma_min,
@@ -283,8 +289,8 @@ def gaussian_shortcuts(teleport: float | None, afs: bool, data_stats: GaussianDa
     if teleport is None and not afs:  # data_stats alone change nothing (the CLI refuses --data-stats alone)
         return None
     what = "--teleport" if teleport is not None else "--afs"
-    if teleport is not None and not (math.isfinite(teleport) and lo < teleport < start):
-        raise UserError(f"--teleport {teleport:g}: give a noise level between sigma_min {lo:g} and sigma_max {start:g}")
+    if teleport is not None:
+        check_teleport_level(teleport, lo, start)
     if data_stats is None:
         raise UserError(f"{what} needs the data's mean and covariance: pass data_stats (--data-stats DATA|FILE)")
     stats = data_stats if isinstance(data_stats, GaussianDataStats) else GaussianDataStats.load(data_stats)

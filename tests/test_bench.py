@@ -211,6 +211,7 @@ def test_trained_model_table_of_a_psld_model_fits_its_time_grids(tmp_path, capsy
     fits them, and with the analytic first step the grid fitted for one more call."""
     import fastdiffusion as fd
     from fastdiffusion.bench.model_samplers import hf_energy
+    from fastdiffusion.data.stats import resolve_data_stats
     from fastdiffusion.samplers.tuning import fit_schedule
     from fastdiffusion.seeds import SeededNoise
 
@@ -240,6 +241,17 @@ def test_trained_model_table_of_a_psld_model_fits_its_time_grids(tmp_path, capsy
     assert cli_main([*args, "--schedules", "model+afs", "--out", str(tmp_path / "afs")]) == 0
     afs_row, = json.loads((tmp_path / "afs" / "model_samplers.json").read_text())["results"]
     assert afs_row["tuning_nfe"] == 5 and len(afs_row["sigmas"]) == 6 and afs_row["sigmas"][0] == 1.0
+    # --teleport: every run, the reference's too, starts from the Gaussian flow's state at t = 0.5
+    assert cli_main([*args, "--schedules", "quadratic", "--teleport", "0.5", "--out", str(tmp_path / "tel")]) == 0
+    teleported = json.loads((tmp_path / "tel" / "model_samplers.json").read_text())
+    row, = teleported["results"]
+    assert row["sigmas"][0] == pytest.approx(0.5) and teleported["protocol"]["teleport"] == 0.5
+    shortcut = {"teleport": 0.5, "data_stats": resolve_data_stats(run, None, model.data_shape)}
+    with torch.no_grad():
+        x = fd.generate(model, list(range(8)), batch=8, sampler="psld-conj", nfe=4, schedule="quadratic",
+                        progress=False, **shortcut)
+        ref = fd.generate(model, list(range(8)), batch=8, sampler="csps-d", nfe=100, progress=False, **shortcut)
+    assert row["rms_to_reference"] == pytest.approx(float((x - ref).square().mean().sqrt()), rel=1e-5)
 
 
 def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_first_step(tmp_path, capsys):
@@ -261,7 +273,7 @@ def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_fir
     afs, fitted = rows[("model+afs", 3)], rows[("model", 4)]
     assert afs["sigmas"] == fitted["sigmas"] and afs["tuning_nfe"] == 4 and len(afs["sigmas"]) == 5
     assert afs["tuning_seconds"] == fitted["tuning_seconds"]
-    assert result["protocol"]["afs_data_stats"] == "the run's training data"
+    assert result["protocol"]["data_stats"]["source"] == "digits@train"
     model = fd.load_model(run)
     with torch.no_grad():
         x = fd.generate(model, list(range(8)), batch=8, sampler="ipndm", nfe=3,

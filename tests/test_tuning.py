@@ -224,24 +224,27 @@ def tiny_model_file(tmp_path, process: str):
     return path
 
 
-def tune_to_file(path, tmp_path, sampler: str) -> tuple:
-    """`fastdiffusion tune PATH --sampler S --nfe 4` on seeds 0-7: the file, its JSON and its grid."""
+def tune_to_file(path, tmp_path, sampler: str, *options: str) -> tuple:
+    """`fastdiffusion tune PATH --sampler S --nfe 4 [OPTIONS]` on seeds 0-7: the file, its JSON and its grid."""
     from fastdiffusion.cli import main
 
     sched = tmp_path / "s.json"
     assert main(["tune", str(path), "--sampler", sampler, "--nfe", "4", "--seeds", "0-7", "--max-evals", "8",
-                 "--out", str(sched)]) == 0
+                 "--out", str(sched), *options]) == 0
     saved = json.loads(sched.read_text())
     return sched, saved, torch.tensor(saved["sigmas"], dtype=torch.float64)
 
 
-def assert_sample_takes_the_grid(path, tmp_path, sampler: str, sched, grid: torch.Tensor) -> None:
-    """`sample --schedule FILE` writes what `fd.generate` makes on that grid (seeds 0-3)."""
+def assert_sample_takes_the_grid(path, tmp_path, sampler: str, sched, grid: torch.Tensor, *options: str,
+                                 **shortcut) -> None:
+    """`sample --schedule FILE [OPTIONS]` writes what `fd.generate` makes on that grid (seeds 0-3) with ``shortcut``
+    (the options' teleport and data statistics)."""
     from fastdiffusion.cli import main
 
     assert main(["sample", str(path), "--sampler", sampler, "--nfe", "4", "--schedule", str(sched), "--seeds", "0-3",
-                 "--out", str(tmp_path / "x.npz")]) == 0
-    want = fd.generate(fd.load_model(path), [0, 1, 2, 3], sampler=sampler, nfe=4, sigmas=grid, progress=False)
+                 "--out", str(tmp_path / "x.npz"), *options]) == 0
+    want = fd.generate(fd.load_model(path), [0, 1, 2, 3], sampler=sampler, nfe=4, sigmas=grid, progress=False,
+                       **shortcut)
     got = np.load(tmp_path / "x.npz")["samples"]
     np.testing.assert_array_equal(got, ((want.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
                                   .permute(0, 2, 3, 1).numpy())
@@ -275,6 +278,54 @@ def test_tune_a_psld_model_then_sample_with_its_time_grid(tmp_path):
     p = fd.load_model(path).process
     assert float(grid[0]) == pytest.approx(p.T) and float(grid[-2]) == pytest.approx(p.eval_eps) and grid[-1] == 0
     assert_sample_takes_the_grid(path, tmp_path, "psld-conj", sched, grid)
+
+
+def test_tune_with_teleport_fits_the_grid_below_the_teleport_level(tmp_path, capsys):
+    """`tune --teleport T` fits a grid from T down (its reference teleported too) that `sample --teleport T` takes; a
+    schedule tuned with another teleport, or none, is refused."""
+    from fastdiffusion.cli import main
+    from fastdiffusion.data.stats import resolve_data_stats
+
+    path = tiny_model_file(tmp_path, "psld")
+    sched, saved, grid = tune_to_file(path, tmp_path, "psld-conj", "--teleport", "0.4", "--data-stats", "digits")
+    assert saved["protocol"]["teleport"] == 0.4 and saved["protocol"]["data_stats"]["source"] == "digits@all"
+    assert float(grid[0]) == pytest.approx(0.4) and grid[-1] == 0
+    stats = resolve_data_stats(path, "digits", (1, 8, 8))
+    assert_sample_takes_the_grid(path, tmp_path, "psld-conj", sched, grid, "--teleport", "0.4", "--data-stats",
+                                 "digits", teleport=0.4, data_stats=stats)
+    capsys.readouterr()
+    for wrong in ([], ["--teleport", "0.5", "--data-stats", "digits"]):
+        assert main(["sample", str(path), "--sampler", "psld-conj", "--nfe", "4", "--schedule", str(sched),
+                     "--out", str(tmp_path / "y.npz"), *wrong]) == 2
+        assert "tuned with --teleport 0.4: pass the same --teleport" in capsys.readouterr().err
+
+
+def test_teleported_psld_fit_beats_the_fixed_grids_below_the_teleport_level():
+    """On a PSLD mixture with its Gaussian moments: the fit's reference starts from the teleported state, and the
+    fitted grid over [eval_eps, t_T] beats both fixed grids over that range on fresh noise."""
+    from fastdiffusion.bench.psld_exact import pf_ode_solution
+    from fastdiffusion.processes.gaussian_data import GaussianDataStats
+    from fastdiffusion.samplers.splitting import final_step
+
+    p, t_t = PSLD_EPS.process, 0.5
+    stats = GaussianDataStats.from_mixture(PSLD_EPS.mixture)
+    shortcut = {"teleport": t_t, "data_stats": stats}
+    z = noise(11, 64)[:, :2]
+    tuned = fit_schedule(PSLD_EPS, sampler="psld-conj", nfe=5, noise=z, process=p, max_evals=80, **shortcut)
+    assert float(tuned.sigmas[0]) == pytest.approx(t_t) and float(tuned.sigmas[-2]) == pytest.approx(p.eval_eps)
+    fresh = noise(12, 256)[:, :2]
+    momentum = torch.randn(fresh.shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    start = p.gaussian_transport(stats, p.prior(fresh, torch.tensor(p.T), lambda like: momentum), p.T, t_t)
+    end = pf_ode_solution(PSLD_EPS, start, t_t, p.eval_eps)
+    exact = p.data_part(final_step(PSLD_EPS, end, torch.tensor(p.eval_eps, dtype=torch.float64)))
+
+    def error(**grid):
+        out = fd.sample(PSLD_EPS, fresh, sampler="psld-conj", nfe=5, process=p, noise_fn=lambda like: momentum,
+                        **shortcut, **grid)
+        return endpoint_rms(out, exact)
+
+    fixed = {name: error(schedule=name) for name in ("quadratic", "time-uniform")}
+    assert error(sigmas=tuned.sigmas) < 0.9 * min(fixed.values()), (error(sigmas=tuned.sigmas), fixed)
 
 
 def test_reference_solve_warns_when_the_pf_ode_diverges(capsys):

@@ -27,7 +27,7 @@ from ..plots import figure, save_figure
 from ..processes.gaussian_data import GaussianDataStats
 from ..samplers import get_sampler, make_sigmas
 from ..samplers.tuning import fit_schedule, reference_solve
-from ..sampling import check_gaussian_family, check_sampler_args, generate, sampling_range
+from ..sampling import check_gaussian_family, check_sampler_args, check_teleport_level, generate, sampling_range
 from ..seeds import SeededNoise, format_seeds, parse_seeds
 from .provenance import provenance
 
@@ -63,13 +63,17 @@ def trained_on_digits(path: str | Path) -> bool:
 
 def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str], nfes: Sequence[int],
         eval_seeds: list[int], tuning_seeds: list[int], tune_nfes: Sequence[int], batch: int, max_evals: int,
-        device: torch.device, digits: bool, data_stats: GaussianDataStats | None = None) -> dict:
+        device: torch.device, digits: bool, data_stats: GaussianDataStats | None = None,
+        teleport: float | None = None) -> dict:
     """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the family's reference;
-    ``data_stats`` for the ``model+afs`` schedule."""
+    ``data_stats`` for the ``model+afs`` schedule and for ``teleport``, which every run (the reference's and the
+    fits' too) then starts with."""
     from ..metrics.digits_classifier import fd_digits
 
     lo, hi = sampling_range(model)
+    top = hi if teleport is None else teleport  # where every grid starts
     ref_sampler, ref_nfe = REFERENCE[model.family]
+    shortcut = {} if teleport is None else {"teleport": teleport, "data_stats": data_stats}
 
     def metrics(x: Tensor, ref: Tensor) -> dict:
         out = {"rms_to_reference": float((x - ref).square().mean().sqrt()), "hf_energy": hf_energy(x)}
@@ -78,11 +82,12 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
         return out
 
     t0 = time.perf_counter()
-    ref = generate(model, eval_seeds, batch=batch, device=device, sampler=ref_sampler, nfe=ref_nfe, progress=False)
+    ref = generate(model, eval_seeds, batch=batch, device=device, sampler=ref_sampler, nfe=ref_nfe, progress=False,
+                   **shortcut)
     reference = {"sampler": ref_sampler, "nfe": ref_nfe, **metrics(ref, ref),
                  "seconds": time.perf_counter() - t0}
     tune_noise = SeededNoise(tuning_seeds).randn(model.data_shape, device)
-    tune_ref = reference_solve(model, tune_noise) if set(FITTED_SCHEDULES) & set(schedules) else None
+    tune_ref = reference_solve(model, tune_noise, **shortcut) if set(FITTED_SCHEDULES) & set(schedules) else None
     fits: dict[tuple[str, int], dict] = {}  # (--samplers entry, calls) -> the fitted grid and its tuning record
     rows = []
     for label in samplers:
@@ -110,7 +115,7 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                     if (label, calls) not in fits:  # the grid is fitted for the sampler with its options
                         t0 = time.perf_counter()
                         tuned = fit_schedule(model, sampler=name, nfe=calls, noise=tune_noise, reference=tune_ref,
-                                             max_evals=max_evals, **options)
+                                             max_evals=max_evals, **shortcut, **options)
                         fits[label, calls] = {"sigmas": tuned.sigmas, "hyper": tuned.hyper,
                                               "tuning_seconds": time.perf_counter() - t0, "tuning_value": tuned.value,
                                               "tuning_start": tuned.start, "tuning_evaluations": tuned.evaluations}
@@ -118,9 +123,9 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                     sigmas, hyper = fit["sigmas"], {**options, **fit["hyper"]}
                     row.update({k: v for k, v in fit.items() if k != "sigmas"}, tuning_nfe=calls)
                 else:
-                    sigmas = make_sigmas(schedule, steps, lo, hi)
+                    sigmas = make_sigmas(schedule, steps, lo, top)
                 x = generate(model, eval_seeds, batch=batch, device=device, sampler=name, nfe=nfe, sigmas=sigmas,
-                             progress=False, **({"afs": True, "data_stats": data_stats} if afs else {}), **hyper)
+                             progress=False, afs=afs, teleport=teleport, data_stats=data_stats, **hyper)
                 row.update(sigmas=sigmas.tolist(), last_sigma=float(sigmas[-2]), **metrics(x, ref))
                 row["hf_ratio"] = row["hf_energy"] / reference["hf_energy"]
                 rows.append(row)
@@ -251,21 +256,27 @@ def main(args: argparse.Namespace) -> dict:
             check_gaussian_family(model, afs=True)
         except UserError as e:
             raise UserError(f"--schedules model+afs: {e}") from None
-    if args.data_stats is not None and "model+afs" not in schedules:
-        raise UserError("--data-stats is used only by the 'model+afs' schedule: add it to --schedules or drop "
+    gaussian = "model+afs" in schedules or args.teleport is not None
+    if args.data_stats is not None and not gaussian:
+        raise UserError("--data-stats is used only by the 'model+afs' schedule and --teleport: add one or drop "
                         "--data-stats")
-    data_stats = resolve_data_stats(args.model, args.data_stats, model.data_shape) if "model+afs" in schedules else None
+    if args.teleport is not None:
+        check_gaussian_family(model, teleport=args.teleport)
+        check_teleport_level(args.teleport, *sampling_range(model))
+    data_stats = resolve_data_stats(args.model, args.data_stats, model.data_shape) if gaussian else None
     with torch.no_grad():
         result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
                      tuning_seeds=tuning_seeds, tune_nfes=args.tune_nfe or args.nfe, batch=args.batch,
-                     max_evals=args.max_evals, device=d.device, digits=digits, data_stats=data_stats)
+                     max_evals=args.max_evals, device=d.device, digits=digits, data_stats=data_stats,
+                     teleport=args.teleport)
     fd = f"FD-digits vs the digits test split at {model.data_shape[-1]} px" if digits else None
     result["protocol"] = {"model": str(args.model), "eval_seeds": format_seeds(eval_seeds),
                           "tuning_seeds": format_seeds(tuning_seeds), "fd": fd,
                           "reference": f"{result['reference']['sampler']} {result['reference']['nfe']} NFE, same "
                                        "seeds",
                           "hf_energy": "mean squared 3x3 Laplacian at full resolution",
-                          **({"afs_data_stats": args.data_stats or "the run's training data"} if data_stats else {}),
+                          "teleport": args.teleport,
+                          **({"data_stats": data_stats.describe()} if data_stats else {}),
                           "fast_path": "bf16 autocast, channels_last, no compile" if d.device.type == "cuda" else
                           "fp32 eager", **provenance(d.device)}
     out = Path(args.out)

@@ -105,8 +105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"{family}: {','.join(names)}" for family, names in model_samplers.SCHEDULES.items())
                    + "; 'model' fits the grid to the model per sampler and NFE; 'model+afs' runs the "
                    "grid fitted for NFE + 1 calls with an analytic first step)")
-    m.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for 'model+afs' (default: "
-                   "from the run's training data)")
+    m.add_argument("--teleport", type=float, metavar="SIGMA", help="start every run (the reference's and the fits' "
+                   "too) by the exact flow of Gaussian data down to SIGMA (PSLD: a time), all NFE below it")
+    m.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for 'model+afs' and "
+                   "--teleport (default: from the run's training data)")
     m.add_argument("--seeds", default=model_samplers.EVAL_SEEDS, help="evaluation seeds")
     m.add_argument("--tuning-seeds", default=model_samplers.TUNING_SEEDS, help="seeds of the fitted schedules' "
                    "tuning noise (disjoint from --seeds)")

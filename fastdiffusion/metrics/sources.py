@@ -128,7 +128,8 @@ def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, samp
         model = load_model(p, ema=ema, device=device)
         sampler, nfe = resolve_sampler(model, sampler, nfe)
         gaussian_kw = _gaussian_options(gaussian, p, model)
-        schedule_kw = schedule_options(schedule, sampler, nfe + bool(gaussian_kw.get("afs")), model, gen_options)
+        schedule_kw = schedule_options(schedule, sampler, nfe + bool(gaussian_kw.get("afs")), model, gen_options,
+                                       gaussian_kw.get("teleport"))
         calls = sampling_calls(len(_resolve_seeds(seeds, n)), batch, nfe, rank_world()[1])  # compile if they pay
         model = accelerate(model, device, **fast, calls=calls)  # after schedule_options, which reads the weights digest
         source = {"source": str(p), "model_file": str(file), "model_sha256": sha256(file),
@@ -138,7 +139,8 @@ def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, samp
         model, training = obj, None
         sampler, nfe = resolve_sampler(model, sampler, nfe)
         gaussian_kw = _gaussian_options(gaussian, None, model)
-        schedule_kw = schedule_options(schedule, sampler, nfe + bool(gaussian_kw.get("afs")), model, gen_options)
+        schedule_kw = schedule_options(schedule, sampler, nfe + bool(gaussian_kw.get("afs")), model, gen_options,
+                                       gaussian_kw.get("teleport"))
         source = {"source": f"in-memory {type(obj).__name__}", "weights": "ema" if ema else "raw"}
     from ..fastpath import fast_path_of
     from ..guidance import classes_for_seeds, model_label_dim

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from .psld import PSLD
 
 FLOW_RTOL = 1e-10  # the transition matrices' tolerance: far below any sampler's error
+MAX_CACHED_FLOWS = 32
+_FLOWS: dict[tuple, Tensor] = {}
 
 
 def _times(t: Tensor | float) -> Tensor:
@@ -61,8 +63,18 @@ def gaussian_eps(process: PSLD, stats: GaussianDataStats, z: Tensor, t: Tensor |
 
 
 def transition_matrices(process: PSLD, variances: Tensor, t_from: float, t_to: float) -> Tensor:
-    """Φ(v), (len(v), 2, 2) float64: y(t_to) = Φ(v) y(t_from) under dy/dt = (F(t) + ½ G Gᵀ C_t(v)⁻¹) y."""
+    """Φ(v), (len(v), 2, 2) float64: y(t_to) = Φ(v) y(t_from) under dy/dt = (F(t) + ½ G Gᵀ C_t(v)⁻¹) y; cached, as
+    every batch of a run and every run of a fit moves the same way."""
     v = variances.detach().double().cpu().reshape(-1, 1, 1)
+    key = (tuple(sorted(process.config().items())), v.numpy().tobytes(), float(t_from), float(t_to))
+    if key not in _FLOWS:
+        if len(_FLOWS) >= MAX_CACHED_FLOWS:
+            _FLOWS.clear()
+        _FLOWS[key] = _integrate(process, v, float(t_from), float(t_to))
+    return _FLOWS[key]
+
+
+def _integrate(process: PSLD, v: Tensor, t_from: float, t_to: float) -> Tensor:
     k = v.shape[0]
 
     def rhs(u: float, flat: np.ndarray) -> np.ndarray:

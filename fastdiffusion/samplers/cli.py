@@ -8,7 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli_args import add_fast_path_arguments, fast_path_options, parse_kv, positive_int
+from ..cli_args import (
+    add_fast_path_arguments,
+    add_gaussian_arguments,
+    check_gaussian_flags,
+    fast_path_options,
+    parse_kv,
+    positive_int,
+)
 
 TUNING_SEEDS = "1000000-1000255"  # disjoint from the seeds samples and evaluations use by default
 
@@ -19,25 +26,28 @@ def _tune(args: argparse.Namespace) -> None:
     from ..bench.provenance import provenance
     from ..fastpath import accelerate
     from ..models import load_model
-    from ..sampling import check_sampler_args, model_family
+    from ..sampling import check_sampler_args, gaussian_options, model_family
     from ..seeds import SeededNoise, format_seeds, parse_seeds
     from ..training import distributed
     from .tuning import fit_schedule, model_digest, reference_description, save_schedule
 
     hyper = parse_kv(args.opt, "--opt")
+    check_gaussian_flags(args)
     check_sampler_args(args.sampler, args.nfe, hyper)
     seeds = parse_seeds(args.seeds)
     d = distributed.setup(args.device)
     model = load_model(args.model, ema=not args.raw, device=d.device)
     digest = model_digest(model)
     accelerate(model, d.device, **fast_path_options(args))
+    shortcut = gaussian_options(args.teleport, False, args.data_stats, args.model, model)
     noise = SeededNoise(seeds).randn(model.data_shape, d.device)
     with torch.no_grad():
         tuned = fit_schedule(model, sampler=args.sampler, nfe=args.nfe, noise=noise, max_evals=args.max_evals,
-                             **hyper)
+                             teleport=shortcut.get("teleport"), data_stats=shortcut.get("data_stats"), **hyper)
     protocol = {"model": str(args.model), "model_sha256": digest, "ema": not args.raw, "sampler": args.sampler,
                 "nfe": args.nfe, "hyper": hyper, "tuning_seeds": format_seeds(seeds),
                 "objective": f"endpoint RMS to {reference_description(model_family(model))} from the tuning noise",
+                "teleport": args.teleport, **({"data_stats": shortcut["data_stats"].describe()} if shortcut else {}),
                 "provenance": provenance(d.device)}
     save_schedule(args.out, tuned, protocol)
     fixed = ", ".join(f"{k} {v:.4g}" for k, v in tuned.start_values.items())
@@ -66,5 +76,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. lam=-0.01")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto")
+    add_gaussian_arguments(p, afs=False)
     add_fast_path_arguments(p)
-    p.set_defaults(func=_tune)
+    p.set_defaults(func=_tune, afs=False)  # tune has no --afs: tune NFE + 1 calls for an --afs run

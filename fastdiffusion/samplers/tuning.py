@@ -25,6 +25,7 @@ from torch import Tensor
 from ..checkpoint import atomic_write_json
 from ..errors import UserError
 from ..processes import Process
+from ..processes.gaussian_data import GaussianDataStats
 from ..sampling import model_family, model_process, sample, sampling_range
 from .registry import deterministic_samplers, get_sampler
 from .schedules import make_sigmas
@@ -76,9 +77,11 @@ def tunable_family(model: Callable, process: Process | None = None) -> str:
 
 
 def reference_solve(model: Callable, noise: Tensor, *, nfe: int | None = None, process: Process | None = None,
-                    class_labels: Tensor | None = None) -> Reference:
-    """The family's ``REFERENCES`` solve from ``noise`` (``nfe`` overrides its NFE). Where its callback reports D (the
-    EDM family's Heun, EDM Algorithm 1) the state and D at every grid level are kept, for ``dp_grid``."""
+                    class_labels: Tensor | None = None, teleport: float | None = None,
+                    data_stats: GaussianDataStats | None = None) -> Reference:
+    """The family's ``REFERENCES`` solve from ``noise`` (``nfe`` overrides its NFE), teleported to ``teleport`` by
+    ``data_stats`` if given (``sample``). Where its callback reports D (the EDM family's Heun, EDM Algorithm 1) the
+    state and D at every grid level are kept, for ``dp_grid``."""
     family = tunable_family(model, process)
     sampler, default_nfe, schedule, options = REFERENCES[family]
     states: list[Tensor] = []
@@ -98,7 +101,7 @@ def reference_solve(model: Callable, noise: Tensor, *, nfe: int | None = None, p
     try:
         end = sample(record, noise, sampler=sampler, nfe=nfe or default_nfe, schedule=schedule,
                      process=model_process(model, process), callback=keep, sigma_min=lo, sigma_max=hi,
-                     noise_fn=prior_noise(noise), **options)
+                     noise_fn=prior_noise(noise), teleport=teleport, data_stats=data_stats, **options)
     except UserError as e:  # e.g. CSPS-D on a PSLD model with a time-varying beta
         raise UserError(f"tune: the reference solve ({reference_description(family)}) cannot run on this model: "
                         f"{e}") from None
@@ -172,12 +175,14 @@ class TunedSchedule:
 
 def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, process: Process | None = None,
                  class_labels: Tensor | None = None, reference: Reference | None = None, max_evals: int = 200,
+                 teleport: float | None = None, data_stats: GaussianDataStats | None = None,
                  **hyper: object) -> TunedSchedule:
     """Fit the noise levels (PSLD: times) of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``:
     the endpoint RMS to ``reference`` (default: ``reference_solve``), from the best of the family's
     ``START_SCHEDULES`` (and the DP grid, EDM family), refined by Nelder-Mead within ``max_evals`` sampler runs,
     together with the sampler's ``FITTED`` coefficients that ``hyper`` does not fix and that have a default value.
-    Tuning calls are not the sampler's NFE."""
+    With ``teleport`` (and ``data_stats``) every run, the reference's too, is teleported and the grid spans
+    [sigma_min, teleport]. Tuning calls are not the sampler's NFE."""
     spec = get_sampler(sampler)
     family = tunable_family(model, process)
     if spec.family != family:
@@ -187,7 +192,9 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         raise UserError(f"tune: '{sampler}' is stochastic; tune a deterministic sampler")
     steps = spec.steps(nfe)
     lo, hi = sampling_range(model, process)
-    ref = reference or reference_solve(model, noise, process=process, class_labels=class_labels)
+    shortcut = {"teleport": teleport, "data_stats": data_stats}
+    ref = reference or reference_solve(model, noise, process=process, class_labels=class_labels, **shortcut)
+    hi = hi if teleport is None else teleport
     # A coefficient whose default is None comes from a per-NFE table (PSLD's lam) and stays there.
     free = {k: float(spec.hyper[k]) for k in FITTED if spec.hyper.get(k) is not None and k not in hyper}
     noise_fn = prior_noise(noise)
@@ -198,7 +205,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         evaluations += 1
         grid = torch.cat([levels, levels.new_zeros(1)])
         out = sample(model, noise, sampler=sampler, nfe=nfe, sigmas=grid, process=process,
-                     class_labels=class_labels, noise_fn=noise_fn, **hyper, **coef)
+                     class_labels=class_labels, noise_fn=noise_fn, **shortcut, **hyper, **coef)
         err = float((out - ref.endpoint).float().square().mean().sqrt())
         return err if math.isfinite(err) else math.inf
 
@@ -258,10 +265,10 @@ def save_schedule(path: str | Path, tuned: TunedSchedule, protocol: dict) -> Non
                                    "protocol": protocol})
 
 
-def load_schedule(path: str | Path, sampler: str, nfe: int, model: Callable | None = None
-                  ) -> tuple[Tensor, dict[str, float]]:
+def load_schedule(path: str | Path, sampler: str, nfe: int, model: Callable | None = None,
+                  teleport: float | None = None) -> tuple[Tensor, dict[str, float]]:
     """The grid and fitted coefficients of a saved schedule, after checking it was tuned for ``sampler`` at ``nfe``
-    (and warning when it was tuned on another model)."""
+    and the same ``teleport`` (and warning when it was tuned on another model)."""
     try:
         obj = json.loads(Path(path).read_text())
         sigmas, protocol = obj["sigmas"], obj["protocol"]
@@ -270,6 +277,10 @@ def load_schedule(path: str | Path, sampler: str, nfe: int, model: Callable | No
     if (protocol.get("sampler"), protocol.get("nfe")) != (sampler, nfe):
         raise UserError(f"--schedule {path}: tuned for {protocol.get('sampler')} at NFE {protocol.get('nfe')}, not "
                         f"{sampler} at NFE {nfe}; pass --sampler {protocol.get('sampler')} --nfe {protocol.get('nfe')}")
+    tuned_teleport = protocol.get("teleport")
+    if tuned_teleport != teleport:
+        raise UserError(f"--schedule {path}: tuned " + (f"with --teleport {tuned_teleport:g}: pass the same --teleport"
+                        if tuned_teleport is not None else "without --teleport: drop --teleport"))
     digest = model_digest(model) if model is not None else None
     if digest is not None and protocol.get("model_sha256") not in (None, digest):
         print(f"warning: --schedule {path} was tuned on another model (weights sha256 "
@@ -278,10 +289,10 @@ def load_schedule(path: str | Path, sampler: str, nfe: int, model: Callable | No
 
 
 def schedule_options(schedule: str | None, sampler: str, nfe: int, model: Callable | None = None,
-                     given: dict | None = None) -> dict:
+                     given: dict | None = None, teleport: float | None = None) -> dict:
     """``sample`` keywords for ``--schedule``: ``{'schedule': NAME}`` for a schedule name (or None: the sampler's),
     ``{'sigmas': grid, **fitted coefficients}`` for a file written by ``fastdiffusion tune`` (less those ``given``
-    as sampler options, which win)."""
+    as sampler options, which win); the file must have been tuned with the run's ``teleport``."""
     from .schedules import SCHEDULES
 
     if schedule is None or schedule in SCHEDULES:
@@ -289,5 +300,5 @@ def schedule_options(schedule: str | None, sampler: str, nfe: int, model: Callab
     if not Path(schedule).is_file():
         raise UserError(f"--schedule {schedule}: neither a schedule ({', '.join(SCHEDULES)}) nor a schedule file "
                         f"from `fastdiffusion tune`")
-    sigmas, fitted = load_schedule(schedule, sampler, nfe, model)
+    sigmas, fitted = load_schedule(schedule, sampler, nfe, model, teleport)
     return {"sigmas": sigmas, **{k: v for k, v in fitted.items() if k not in (given or {})}}
