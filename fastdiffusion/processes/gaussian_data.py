@@ -10,7 +10,8 @@ this normalisation through ``D(x, sigma)``), x ~ N(mu, Sigma + sigma^2 I), and w
 Sigma is kept as a rank-k eigenbasis plus an isotropic rest, ``Sigma = U diag(lam) U^T + r (I - U U^T)``, so that
 3x64x64 images need a (D, k) basis and never a (D, D) matrix; k = D is the full covariance (r unused).
 ``data.stats`` estimates them from data and finds them for a model. ``fastdiffusion.sample`` uses them for the analytic
-first step (``afs``) and the ``teleport`` over the high-noise part.
+first step (``afs``) and the ``teleport`` over the high-noise part; PSLD's closed forms (``processes.psld_gaussian``)
+are built on the same eigendirection mixing (``mix``).
 """
 
 from __future__ import annotations
