@@ -1,8 +1,9 @@
 """PSLD's teleport on a trained model whose PF-ODE diverges (``pf_ode_stability.py``): FD-digits of the deterministic
 PSLD samplers from the prior and teleported to t_T by the exact flow of Gaussian data (the run's training-set mean and
 covariance, ``data.stats``), against the family's default SSCS 100. 1,000 samples (seeds 100000-100999) per row,
-each with its spread, largest |x| and high-frequency energy. Writes the JSON after every row. Usage (CPU, ~25 min):
-    python benchmarks/psld_digits/teleport.py RUN --out benchmarks/psld_digits/teleport.json
+each with its spread, largest |x| and high-frequency energy. Writes the JSON after every row. Usage (CPU, ~25 min;
+--quick: SSCS 100 and the deterministic samplers at NFE 10 and 20 from the prior and from t = 0.3, ~7 min):
+    python benchmarks/psld_digits/teleport.py RUN --out benchmarks/psld_digits/teleport.json [--quick]
 """
 
 from __future__ import annotations
@@ -27,17 +28,18 @@ TELEPORTS = (None, 0.65, 0.5, 0.3)
 RUNS = ([("sscs", 100, (None, 0.5))]
         + [(s, n, TELEPORTS) for s in ("psld-conj", "csps-d") for n in (10, 20, 50)]
         + [("psld-conj", 1, (0.01,))])
+QUICK_RUNS = [("sscs", 100, (None,))] + [(s, n, (None, 0.3)) for s in ("psld-conj", "csps-d") for n in (10, 20)]
 
 
 def main() -> None:
-    args, model, data, _ = load_trained_run(__doc__)
+    args, model, data, _ = load_trained_run(__doc__, lambda p: p.add_argument("--quick", action="store_true"))
     stats = resolve_data_stats(args.model, None, model.data_shape)
     test = load_dataset(data, split="test").x
     result = {**provenance("cpu"), "model": str(args.model), "data": data, "samples": len(SEEDS),
               "seeds": f"{SEEDS[0]}-{SEEDS[-1]}", "data_stats": stats.describe(),
               "test_split": {"std": float(test.std()), "hf_energy": hf_energy(test.float())}, "rows": []}
     with torch.no_grad():
-        for sampler, nfe, teleports in RUNS:
+        for sampler, nfe, teleports in QUICK_RUNS if args.quick else RUNS:
             for teleport in teleports:
                 t0 = time.perf_counter()
                 shortcut = {} if teleport is None else {"teleport": teleport, "data_stats": stats}

@@ -4,6 +4,7 @@ in [-1, 1] (float64)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import Tensor
@@ -14,12 +15,16 @@ from fastdiffusion.metrics.sources import run_training
 from fastdiffusion.models import ProcessModel
 
 
-def load_trained_run(description: str) -> tuple[argparse.Namespace, ProcessModel, str, Tensor]:
-    """Parse the command line, load MODEL and its run's training split: (args, model, data name, images)."""
+def load_trained_run(description: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+                     ) -> tuple[argparse.Namespace, ProcessModel, str, Tensor]:
+    """Parse the command line (with the script's own ``add_arguments``), load MODEL and its run's training split:
+    (args, model, data name, images)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a PSLD run directory (its config.json names the training data)")
     p.add_argument("--n", type=int, default=256, help="training images / prior draws")
     p.add_argument("--out", type=Path, required=True)
+    if add_arguments is not None:
+        add_arguments(p)
     args = p.parse_args()
     training = run_training(Path(args.model))
     if training is None:

@@ -108,7 +108,8 @@ def reference_solve(model: Callable, noise: Tensor, *, nfe: int | None = None, p
     if float(end.float().std()) > UNSTABLE_STD * float(noise.float().std()):
         print(f"warning: tune: the reference solve ({reference_description(family)}) ends with a spread of "
               f"{float(end.float().std()):.3g}, far beyond the noise's: this model's probability-flow ODE looks "
-              f"unstable, and a grid fitted to it will follow that (docs/results.md, session 11)", file=sys.stderr)
+              f"unstable, and a grid fitted to it will follow that; start below the unstable part with --teleport "
+              f"(docs/guide.md, 'PSLD models')", file=sys.stderr)
     if not denoised:  # a reference without denoiser outputs (PSLD's ε samplers): no states for dp_grid
         return Reference(torch.zeros(0, dtype=torch.float64), [], [], end)
     # Heun calls D twice per step: its first call of step i sees the state at level i.
