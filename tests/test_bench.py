@@ -273,7 +273,7 @@ def test_trained_model_table_runs_the_fit_for_one_more_call_with_an_analytic_fir
     afs, fitted = rows[("model+afs", 3)], rows[("model", 4)]
     assert afs["sigmas"] == fitted["sigmas"] and afs["tuning_nfe"] == 4 and len(afs["sigmas"]) == 5
     assert afs["tuning_seconds"] == fitted["tuning_seconds"]
-    assert result["protocol"]["data_stats"]["source"] == "digits@train"
+    assert result["protocol"]["data_stats"]["source"] == "digits16@all"  # the run trained on all of digits16
     model = fd.load_model(run)
     with torch.no_grad():
         x = fd.generate(model, list(range(8)), batch=8, sampler="ipndm", nfe=3,

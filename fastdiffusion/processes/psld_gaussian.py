@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from .gaussian_data import GaussianDataStats
@@ -75,6 +74,8 @@ def transition_matrices(process: PSLD, variances: Tensor, t_from: float, t_to: f
 
 
 def _integrate(process: PSLD, v: Tensor, t_from: float, t_to: float) -> Tensor:
+    from scipy.integrate import solve_ivp  # here, not above: every sampling run imports this module, scipy loads slowly
+
     k = v.shape[0]
 
     def rhs(u: float, flat: np.ndarray) -> np.ndarray:
