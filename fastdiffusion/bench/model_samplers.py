@@ -260,8 +260,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.data_stats is not None and not gaussian:
         raise UserError("--data-stats is used only by the 'model+afs' schedule and --teleport: add one or drop "
                         "--data-stats")
-    if args.teleport is not None:
-        check_gaussian_family(model, teleport=args.teleport)
+    if args.teleport is not None:  # before the long reference solve
         check_teleport_level(args.teleport, *sampling_range(model))
     data_stats = resolve_data_stats(args.model, args.data_stats, model.data_shape) if gaussian else None
     with torch.no_grad():
