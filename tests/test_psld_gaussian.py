@@ -85,10 +85,12 @@ def _run(sampler, nfe, **kw):
     return out, counted.calls, seen
 
 
-@pytest.mark.parametrize(("sampler", "nfe"), [("psld-conj", 4), ("csps-d", 5), ("sscs", 6)])
-def test_psld_teleport_spends_exactly_n_network_calls_below_t_t(sampler, nfe):
+@pytest.mark.parametrize(("sampler", "nfe", "first_at_t_t"), [("psld-conj", 4, True), ("csps-d", 5, True),
+                                                              ("sscs", 6, False)])  # SSCS calls after a half step
+def test_psld_teleport_spends_exactly_n_network_calls_below_t_t(sampler, nfe, first_at_t_t):
     _, calls, seen = _run(sampler, nfe, teleport=0.4)
-    assert calls == nfe and 0.3 < max(seen) <= 0.4 + 1e-7  # t is passed in float32; SSCS calls after a half step
+    assert calls == nfe and 0.3 < max(seen) <= 0.4 + 1e-7  # t is passed in float32
+    assert (seen[0] == pytest.approx(0.4)) == first_at_t_t
 
 
 def test_psld_teleport_on_gaussian_data_beats_the_same_nfe_from_the_prior():

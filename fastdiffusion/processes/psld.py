@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import ClassVar
 
 import numpy as np
@@ -20,7 +19,6 @@ from ..errors import UserError
 from ..expint import phi
 from .base import LinearPFODE
 from .gaussian_data import GaussianDataStats
-from .psld_gaussian import gaussian_eps, gaussian_transport
 
 LOSSES = ("hsm", "dsm")
 
@@ -346,10 +344,14 @@ class PSLD:
 
     def gaussian_model(self, stats: GaussianDataStats) -> Callable[[Tensor, Tensor | float], Tensor]:
         """The exact ε(z, t) of Gaussian data with these statistics (``psld_gaussian.gaussian_eps``)."""
-        return partial(gaussian_eps, self, stats)
+        from .psld_gaussian import gaussian_eps  # it builds on this module's 2×2 blocks
+
+        return lambda z, t: gaussian_eps(self, stats, z, t)
 
     def gaussian_transport(self, stats: GaussianDataStats, z: Tensor, t_from: float, t_to: float) -> Tensor:
         """z(t_to) of the exact PF-ODE flow of Gaussian data from z(t_from) = z (``psld_gaussian``)."""
+        from .psld_gaussian import gaussian_transport
+
         return gaussian_transport(self, stats, z, t_from, t_to)
 
     # -- training --------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ a_t = (a_x, a_m) the first column of the kernel mean matrix (m_0 has mean 0), an
 C_t(v) = v a_t a_tᵀ + Σ_t (the HSM kernel's). With y = z − a_t mu per pair:
 
     ε*(z, t) = L_tᵀ C_t(v)⁻¹ y                           (ε = −L_tᵀ ∇log p_t)
-    dy/dt    = (F(t) + ½ G Gᵀ C_t(v)⁻¹) y                 (the centred PF-ODE; the mean follows dz/dt = F z)
+    dy/dt    = (F(t) + K(t) L_tᵀ C_t(v)⁻¹) y             (the centred PF-ODE dz/dt = F z + K ε; K L_tᵀ = ½ G Gᵀ)
 
 The flow's 2×2 transition matrices are integrated once per variance (float64 DOP853 in ln t, independent of the batch).
 """
@@ -14,16 +14,13 @@ The flow's 2×2 transition matrices are integrated once per variance (float64 DO
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .gaussian_data import GaussianDataStats
-
-if TYPE_CHECKING:
-    from .psld import PSLD
+from .psld import PSLD, inv2
 
 FLOW_RTOL = 1e-10  # the transition matrices' tolerance: far below any sampler's error
 MAX_CACHED_FLOWS = 32
@@ -46,25 +43,26 @@ def _mean(process: PSLD, stats: GaussianDataStats, t: Tensor, like: Tensor) -> T
     return process.kernel_mean_matrix(t)[..., :, 0].to(like)[:, :, None] * mu
 
 
+def eps_blocks(process: PSLD, t: Tensor, variances: Tensor) -> Tensor:
+    """E_t(v) = L_tᵀ C_t(v)⁻¹, (len(t), len(v), 2, 2) float64: ε* = E_t(v) y along a direction of variance v."""
+    t, v = _times(t), variances.detach().double().cpu().reshape(-1)
+    a = process.kernel_mean_matrix(t)[..., :, 0]
+    c = v[None, :, None, None] * (a[:, None, :, None] * a[:, None, None, :]) + process.kernel_cov(t)[:, None]
+    return process.kernel_chol(t).transpose(-1, -2)[:, None] @ inv2(c)
+
+
 def gaussian_eps(process: PSLD, stats: GaussianDataStats, z: Tensor, t: Tensor | float) -> Tensor:
-    """ε*(z, t) = L_tᵀ C_t(v)⁻¹ (z − a_t mu) along each eigendirection; z (N, 2C, ...), t scalar or (N,)."""
+    """ε*(z, t) = E_t(v) (z − a_t mu) along each eigendirection; z (N, 2C, ...), t scalar or (N,)."""
     t = _times(t)
     pairs = _pairs(stats, z)
     y = pairs - _mean(process, stats, t, pairs)
-    a = process.kernel_mean_matrix(t)[..., :, 0].to(y)
-    cov, chol_t = process.kernel_cov(t).to(y), process.kernel_chol(t).transpose(-1, -2).to(y)
-
-    def blocks(var: Tensor) -> Tensor:
-        c = var[None, :, None, None] * (a[:, None, :, None] * a[:, None, None, :]) + cov[:, None]
-        return chol_t[:, None] @ torch.linalg.inv(c)
-
-    return stats.mix(y, blocks).reshape(z.shape).to(z.dtype)
+    return stats.mix(y, lambda var: eps_blocks(process, t, var).to(y)).reshape(z.shape).to(z.dtype)
 
 
 def transition_matrices(process: PSLD, variances: Tensor, t_from: float, t_to: float) -> Tensor:
-    """Φ(v), (len(v), 2, 2) float64: y(t_to) = Φ(v) y(t_from) under dy/dt = (F(t) + ½ G Gᵀ C_t(v)⁻¹) y; cached, as
+    """Φ(v), (len(v), 2, 2) float64: y(t_to) = Φ(v) y(t_from) under dy/dt = (F(t) + K(t) E_t(v)) y; cached, as
     every batch of a run and every run of a fit moves the same way."""
-    v = variances.detach().double().cpu().reshape(-1, 1, 1)
+    v = variances.detach().double().cpu().reshape(-1)
     key = (tuple(sorted(process.config().items())), v.numpy().tobytes(), float(t_from), float(t_to))
     if key not in _FLOWS:
         if len(_FLOWS) >= MAX_CACHED_FLOWS:
@@ -80,9 +78,7 @@ def _integrate(process: PSLD, v: Tensor, t_from: float, t_to: float) -> Tensor:
 
     def rhs(u: float, flat: np.ndarray) -> np.ndarray:
         t = torch.tensor(math.exp(u), dtype=torch.float64)
-        a = process.kernel_mean_matrix(t)[:, 0]
-        c = v * torch.outer(a, a) + process.kernel_cov(t)
-        drift = process.drift_matrix(t) + 0.5 * process.beta(t) * process.D_tilde() @ torch.linalg.inv(c)
+        drift = process.drift_matrix(t) + process.eps_matrix(t) @ eps_blocks(process, t, v)[0]  # F + K E_t(v)
         return (math.exp(u) * drift @ torch.from_numpy(flat).reshape(k, 2, 2)).reshape(-1).numpy()
 
     start = np.tile(np.eye(2), (k, 1, 1)).reshape(-1)
