@@ -126,6 +126,13 @@ def add_gaussian_arguments(parser: argparse.ArgumentParser, afs: bool = True) ->
                         "else the run's training data, computed once and cached there)")
 
 
+def add_hf_tolerance_argument(parser: argparse.ArgumentParser) -> None:
+    """``--hf-tolerance FRACTION`` for fitted schedules (``samplers.tuning.fit_schedule``'s ``hf_tolerance``)."""
+    parser.add_argument("--hf-tolerance", type=float, metavar="FRACTION", help="fit the grid with its samples' "
+                        "high-frequency energy within FRACTION of the reference's (0.1: within 10%%), so that few-step "
+                        "samples are neither blurrier nor grainier; images only (default: endpoint RMS alone)")
+
+
 def check_gaussian_flags(args: argparse.Namespace) -> None:
     """A one-line UserError for --data-stats without --teleport or --afs (it would change nothing)."""
     if args.data_stats is not None and args.teleport is None and not args.afs:

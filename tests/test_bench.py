@@ -165,8 +165,8 @@ def test_psld_entry_end_to_end(tmp_path):
 
 def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
     import fastdiffusion as fd
-    from fastdiffusion.bench.model_samplers import hf_energy
     from fastdiffusion.metrics.digits_classifier import fd_digits
+    from fastdiffusion.metrics.sharpness import hf_energy
 
     run = tmp_path / "run"
     assert cli_main(["train", "--data", "digits16", "--net", "ddpmpp-tiny", "--batch", "16", "--steps", "4",
@@ -198,20 +198,22 @@ def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
 
     assert cli_main(["bench", "samplers", str(run), "--samplers", "ipndm:order=2", "--schedules", "model", "--nfe",
                      "4", "--seeds", "0-7", "--tuning-seeds", "100-103", "--max-evals", "5", "--batch", "8",
-                     "--threads", "2", "--out", str(tmp_path / "fit")]) == 0
-    row, = json.loads((tmp_path / "fit" / "model_samplers.json").read_text())["results"]
+                     "--threads", "2", "--hf-tolerance", "0.02", "--out", str(tmp_path / "fit")]) == 0
+    fitted = json.loads((tmp_path / "fit" / "model_samplers.json").read_text())
+    row, = fitted["results"]
     with torch.no_grad():
         want = fit_schedule(model, sampler="ipndm", nfe=4, noise=SeededNoise([100, 101, 102, 103]).randn(
-            model.data_shape, "cpu"), max_evals=5, order=2)
+            model.data_shape, "cpu"), max_evals=5, order=2, hf_tolerance=0.02)
     assert row["sigmas"] == want.sigmas.tolist() and row["sampler_options"] == {"order": 2}
+    assert fitted["protocol"]["fit_objective"].endswith("lies outside 1 +- 0.02)")
 
 
 def test_trained_model_table_of_a_psld_model_fits_its_time_grids(tmp_path, capsys):
     """A PSLD model's table: its own samplers, time grids and reference (CSPS-D 100), fitted time grids as `tune`
     fits them, and with the analytic first step the grid fitted for one more call."""
     import fastdiffusion as fd
-    from fastdiffusion.bench.model_samplers import hf_energy
     from fastdiffusion.data.stats import resolve_data_stats
+    from fastdiffusion.metrics.sharpness import hf_energy
     from fastdiffusion.samplers.tuning import fit_schedule
     from fastdiffusion.seeds import SeededNoise
 

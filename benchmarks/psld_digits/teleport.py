@@ -14,12 +14,12 @@ import torch
 from trained_run import load_trained_run
 
 import fastdiffusion as fd
-from fastdiffusion.bench.model_samplers import hf_energy
 from fastdiffusion.bench.provenance import provenance
 from fastdiffusion.checkpoint import atomic_write_json
 from fastdiffusion.data import load_dataset
 from fastdiffusion.data.stats import resolve_data_stats
 from fastdiffusion.metrics.digits_classifier import fd_digits
+from fastdiffusion.metrics.sharpness import hf_energy
 
 SEEDS = list(range(100000, 101000))
 TELEPORTS = (None, 0.65, 0.5, 0.3)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from fastdiffusion.bench.model_samplers import hf_energy
 from fastdiffusion.bench.provenance import provenance
 from fastdiffusion.checkpoint import atomic_write_json
+from fastdiffusion.metrics.sharpness import hf_energy
 from fastdiffusion.models import load_model
 from fastdiffusion.sampling import generate
 

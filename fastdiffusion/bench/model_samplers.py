@@ -16,17 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..checkpoint import atomic_write_bytes, atomic_write_json
 from ..data.stats import resolve_data_stats
 from ..errors import UserError
+from ..metrics.sharpness import hf_energy, outside_band
 from ..models import ProcessModel
 from ..plots import figure, save_figure
 from ..processes.gaussian_data import GaussianDataStats
 from ..samplers import get_sampler, make_sigmas
-from ..samplers.tuning import fit_schedule, reference_solve
+from ..samplers.tuning import fit_schedule, objective_description, reference_solve
 from ..sampling import check_gaussian_family, check_sampler_args, check_teleport_level, generate, sampling_range
 from ..seeds import SeededNoise, format_seeds, parse_seeds
 from .provenance import provenance
@@ -42,14 +42,6 @@ NFES = (4, 5, 6, 8, 10)
 EVAL_SEEDS = "100000-100999"
 TUNING_SEEDS = "1000000-1000255"
 HF_TOLERANCE = 0.1  # a fitted grid counts as sharp when its HF energy is within 10% of the reference's (issue 20)
-LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-
-
-def hf_energy(x: Tensor) -> float:
-    """Mean squared 3×3 Laplacian of images (N, C, H, W) at full resolution: their high-frequency energy."""
-    c = x.shape[1]
-    kernel = LAPLACIAN.to(x.device, torch.float32).expand(c, 1, 3, 3)
-    return float(F.conv2d(x.float(), kernel, groups=c).square().mean())
 
 
 def trained_on_digits(path: str | Path) -> bool:
@@ -64,10 +56,10 @@ def trained_on_digits(path: str | Path) -> bool:
 def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str], nfes: Sequence[int],
         eval_seeds: list[int], tuning_seeds: list[int], tune_nfes: Sequence[int], batch: int, max_evals: int,
         device: torch.device, digits: bool, data_stats: GaussianDataStats | None = None,
-        teleport: float | None = None) -> dict:
+        teleport: float | None = None, hf_tolerance: float | None = None) -> dict:
     """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the family's reference;
     ``data_stats`` for the ``model+afs`` schedule and for ``teleport``, which every run (the reference's and the
-    fits' too) then starts with."""
+    fits' too) then starts with; ``hf_tolerance`` for the fits (``fit_schedule``)."""
     from ..metrics.digits_classifier import fd_digits
 
     lo, hi = sampling_range(model)
@@ -115,7 +107,8 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                     if (label, calls) not in fits:  # the grid is fitted for the sampler with its options
                         t0 = time.perf_counter()
                         tuned = fit_schedule(model, sampler=name, nfe=calls, noise=tune_noise, reference=tune_ref,
-                                             max_evals=max_evals, **shortcut, **options)
+                                             max_evals=max_evals, hf_tolerance=hf_tolerance, **shortcut,
+                                             **options)
                         fits[label, calls] = {"sigmas": tuned.sigmas, "hyper": tuned.hyper,
                                               "tuning_seconds": time.perf_counter() - t0, "tuning_value": tuned.value,
                                               "tuning_start": tuned.start, "tuning_evaluations": tuned.evaluations}
@@ -200,7 +193,7 @@ def fitted_vs_fixed(result: dict) -> list[dict]:
         if not fixed or not fitted:
             continue
         best_fixed, best = (min(group, key=lambda r: r[metric]) for group in (fixed, fitted))
-        sharp = [r for r in fitted if abs(r["hf_ratio"] - 1) <= HF_TOLERANCE]
+        sharp = [r for r in fitted if outside_band(r["hf_ratio"], HF_TOLERANCE) == 0]
         best_sharp = min(sharp, key=lambda r: r[metric]) if sharp else None
         out.append({"nfe": nfe, "best_fixed": best_fixed, "best_fitted": best, "best_sharp_fitted": best_sharp,
                     "ratio": best[metric] / best_fixed[metric],
@@ -267,14 +260,15 @@ def main(args: argparse.Namespace) -> dict:
         result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
                      tuning_seeds=tuning_seeds, tune_nfes=args.tune_nfe or args.nfe, batch=args.batch,
                      max_evals=args.max_evals, device=d.device, digits=digits, data_stats=data_stats,
-                     teleport=args.teleport)
+                     teleport=args.teleport, hf_tolerance=args.hf_tolerance)
     fd = f"FD-digits vs the digits test split at {model.data_shape[-1]} px" if digits else None
     result["protocol"] = {"model": str(args.model), "eval_seeds": format_seeds(eval_seeds),
                           "tuning_seeds": format_seeds(tuning_seeds), "fd": fd,
                           "reference": f"{result['reference']['sampler']} {result['reference']['nfe']} NFE, same "
                                        "seeds",
                           "hf_energy": "mean squared 3x3 Laplacian at full resolution",
-                          "teleport": args.teleport,
+                          "teleport": args.teleport, "fit_objective": objective_description(model.family,
+                                                                                            args.hf_tolerance),
                           **({"data_stats": data_stats.describe()} if data_stats else {}),
                           "fast_path": "bf16 autocast, channels_last, no compile" if d.device.type == "cuda" else
                           "fp32 eager", **provenance(d.device)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli_args import add_hf_tolerance_argument
 from ..errors import UserError
 from ..samplers import deterministic_edm_samplers
 from . import model_samplers, report
@@ -115,6 +116,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--tune-nfe", type=int_list, help="NFEs at which 'model' and 'model+afs' rows are fitted "
                    "(default: all)")
     m.add_argument("--max-evals", type=int, default=200, help="sampler runs per fitted schedule")
+    add_hf_tolerance_argument(m)
     m.add_argument("--batch", type=int, default=1000, help="samples per batch")
     m.add_argument("--device", default="auto")
     by_family = "; ".join(f"{family}: {','.join(names)}" for family, names in model_samplers.SAMPLERS.items())

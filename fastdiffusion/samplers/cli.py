@@ -11,6 +11,7 @@ from pathlib import Path
 from ..cli_args import (
     add_fast_path_arguments,
     add_gaussian_arguments,
+    add_hf_tolerance_argument,
     check_gaussian_flags,
     fast_path_options,
     parse_kv,
@@ -29,7 +30,7 @@ def _tune(args: argparse.Namespace) -> None:
     from ..sampling import check_sampler_args, gaussian_options, model_family
     from ..seeds import SeededNoise, format_seeds, parse_seeds
     from ..training import distributed
-    from .tuning import fit_schedule, model_digest, reference_description, save_schedule
+    from .tuning import fit_schedule, model_digest, objective_description, save_schedule
 
     hyper = parse_kv(args.opt, "--opt")
     check_gaussian_flags(args)
@@ -43,10 +44,11 @@ def _tune(args: argparse.Namespace) -> None:
     noise = SeededNoise(seeds).randn(model.data_shape, d.device)
     with torch.no_grad():
         tuned = fit_schedule(model, sampler=args.sampler, nfe=args.nfe, noise=noise, max_evals=args.max_evals,
-                             teleport=shortcut.get("teleport"), data_stats=shortcut.get("data_stats"), **hyper)
+                             teleport=shortcut.get("teleport"), data_stats=shortcut.get("data_stats"),
+                             hf_tolerance=args.hf_tolerance, **hyper)
     protocol = {"model": str(args.model), "model_sha256": digest, "ema": not args.raw, "sampler": args.sampler,
                 "nfe": args.nfe, "hyper": hyper, "tuning_seeds": format_seeds(seeds),
-                "objective": f"endpoint RMS to {reference_description(model_family(model))} from the tuning noise",
+                "objective": objective_description(model_family(model), args.hf_tolerance),
                 "teleport": args.teleport, **({"data_stats": shortcut["data_stats"].describe()} if shortcut else {}),
                 "provenance": provenance(d.device)}
     save_schedule(args.out, tuned, protocol)
@@ -77,5 +79,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto")
     add_gaussian_arguments(p, afs=False)
+    add_hf_tolerance_argument(p)
     add_fast_path_arguments(p)
     p.set_defaults(func=_tune, afs=False)  # tune has no --afs: tune NFE + 1 calls for an --afs run

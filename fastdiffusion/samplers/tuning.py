@@ -41,6 +41,9 @@ PRIOR_SEED = 0  # the draw of whatever part of the prior the tuning noise does n
 # in 1/sigma: 0.01 moves a 4-step solve visibly), and the first simplex step in those units.
 FITTED = {"lam": 0.01}
 SIMPLEX_STEP = 0.25
+# With a sharpness tolerance the RMS is scaled by 1 + SHARPNESS_WEIGHT x (how far the HF ratio lies outside the band):
+# a grid 5% outside costs 1.5x, so the fit trades a little RMS for images as sharp as the reference's.
+SHARPNESS_WEIGHT = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,13 @@ def reference_description(family: str) -> str:
     """What a fit's objective compares with, for protocols: 'heun 127 NFE on the karras grid'."""
     sampler, nfe, schedule, options = REFERENCES[family]
     return f"{sampler} {nfe} NFE on the {schedule} grid" + "".join(f", {k} = {v:g}" for k, v in options.items())
+
+
+def objective_description(family: str, hf_tolerance: float | None = None) -> str:
+    """A fit's objective, for protocols: 'endpoint RMS to heun 127 NFE on the karras grid from the tuning noise'."""
+    text = f"endpoint RMS to {reference_description(family)} from the tuning noise"
+    return text if hf_tolerance is None else (f"{text}, x (1 + {SHARPNESS_WEIGHT:g} x how far the HF energy ratio "
+                                              f"lies outside 1 +- {hf_tolerance:g})")
 
 
 def prior_noise(noise: Tensor) -> Callable[[Tensor], Tensor]:
@@ -177,13 +187,15 @@ class TunedSchedule:
 def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, process: Process | None = None,
                  class_labels: Tensor | None = None, reference: Reference | None = None, max_evals: int = 200,
                  teleport: float | None = None, data_stats: GaussianDataStats | None = None,
-                 **hyper: object) -> TunedSchedule:
+                 hf_tolerance: float | None = None, **hyper: object) -> TunedSchedule:
     """Fit the noise levels (PSLD: times) of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``:
     the endpoint RMS to ``reference`` (default: ``reference_solve``), from the best of the family's
     ``START_SCHEDULES`` (and the DP grid, EDM family), refined by Nelder-Mead within ``max_evals`` sampler runs,
     together with the sampler's ``FITTED`` coefficients that ``hyper`` does not fix and that have a default value.
     With ``teleport`` (and ``data_stats``) every run, the reference's too, is teleported and the grid spans
-    [sigma_min, teleport]. Tuning calls are not the sampler's NFE."""
+    [sigma_min, teleport]. With ``hf_tolerance`` (images), where that fit's endpoints' high-frequency energy lies
+    outside ±hf_tolerance of the reference's, the search goes on (``max_evals // 2`` runs) with the RMS scaled by
+    1 + ``SHARPNESS_WEIGHT`` × how far outside. Tuning calls are not the sampler's NFE."""
     spec = get_sampler(sampler)
     family = tunable_family(model, process)
     if spec.family != family:
@@ -191,6 +203,9 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
                         f"tune one of {', '.join(deterministic_samplers(family))}")
     if spec.stochastic or hyper.get("churn"):
         raise UserError(f"tune: '{sampler}' is stochastic; tune a deterministic sampler")
+    if hf_tolerance is not None and not (hf_tolerance >= 0 and noise.ndim == 4):
+        raise UserError(f"tune: --hf-tolerance {hf_tolerance} needs a fraction >= 0 (0.1: within 10%) and image "
+                        f"noise (N, C, H, W), not shape {tuple(noise.shape)}")
     steps = spec.steps(nfe)
     lo, hi = sampling_range(model, process)
     shortcut = {"teleport": teleport, "data_stats": data_stats}
@@ -200,14 +215,20 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
     free = {k: float(spec.hyper[k]) for k in FITTED if spec.hyper.get(k) is not None and k not in hyper}
     noise_fn = prior_noise(noise)
     evaluations = 0
+    if hf_tolerance is not None:
+        from ..metrics.sharpness import hf_energy, outside_band  # here: the metrics package loads slowly
 
-    def objective(levels: Tensor, coef: dict[str, float]) -> float:
+        ref_hf = hf_energy(ref.endpoint)
+
+    def objective(levels: Tensor, coef: dict[str, float], sharp: bool = False) -> float:
         nonlocal evaluations
         evaluations += 1
         grid = torch.cat([levels, levels.new_zeros(1)])
         out = sample(model, noise, sampler=sampler, nfe=nfe, sigmas=grid, process=process,
                      class_labels=class_labels, noise_fn=noise_fn, **shortcut, **hyper, **coef)
         err = float((out - ref.endpoint).float().square().mean().sqrt())
+        if sharp and math.isfinite(err):
+            err *= 1 + SHARPNESS_WEIGHT * outside_band(hf_energy(out) / ref_hf, hf_tolerance)
         return err if math.isfinite(err) else math.inf
 
     starts = {name: make_sigmas(name, steps, lo, hi)[:-1] for name in START_SCHEDULES[family]}
@@ -215,27 +236,34 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         starts["dp"] = dp_grid(ref, steps)
     start_values = {name: objective(levels, free) for name, levels in starts.items()}
     start = min(start_values, key=start_values.__getitem__)
-    best_levels, best, best_coef = starts[start], start_values[start], free
     n_z = steps - 2 if steps >= 3 else 0
 
-    def unpack(p: np.ndarray) -> tuple[Tensor, dict[str, float]]:
-        levels = levels_from_logits(p[:n_z], lo, hi) if n_z else best_levels
-        return levels, {k: float(v) * FITTED[k] for k, v in zip(free, p[n_z:], strict=True)}
+    def refine(levels: Tensor, coef: dict[str, float], value: float, evals: int,
+               sharp: bool = False) -> tuple[Tensor, dict[str, float], float]:
+        """Nelder-Mead from (levels, coef) of objective ``value`` within ``evals`` runs; the start if it stays best."""
+        def unpack(p: np.ndarray) -> tuple[Tensor, dict[str, float]]:
+            return (levels_from_logits(p[:n_z], lo, hi) if n_z else levels,
+                    {k: float(v) * FITTED[k] for k, v in zip(free, p[n_z:], strict=True)})
 
-    x0 = np.concatenate([logits_from_levels(best_levels, lo, hi) if n_z else [],
-                         [v / FITTED[k] for k, v in free.items()]])
-    if len(x0) and max_evals > len(starts):
+        x0 = np.concatenate([logits_from_levels(levels, lo, hi) if n_z else [],
+                             [v / FITTED[k] for k, v in coef.items()]])
+        if not len(x0) or evals < 1:
+            return levels, coef, value
         from scipy.optimize import minimize  # here, not above: `sample` imports this module, and scipy loads slowly
 
         # Coefficients start at their defaults, often 0, where Nelder-Mead's own first step would be ~1e-4 of a unit.
         simplex = np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))]) if free else None
-        result = minimize(lambda p: objective(*unpack(p)), x0, method="Nelder-Mead",
-                          options={"maxfev": max_evals - len(starts), "xatol": 1e-3, "fatol": 1e-6,
-                                   "initial_simplex": simplex})
-        if result.fun < best:
-            (best_levels, best_coef), best = unpack(result.x), float(result.fun)
-    sigmas = torch.cat([best_levels, best_levels.new_zeros(1)])
-    return TunedSchedule(sigmas, best_coef, best, start, start_values, evaluations)
+        result = minimize(lambda p: objective(*unpack(p), sharp), x0, method="Nelder-Mead",
+                          options={"maxfev": evals, "xatol": 1e-3, "fatol": 1e-6, "initial_simplex": simplex})
+        return (*unpack(result.x), float(result.fun)) if result.fun < value else (levels, coef, value)
+
+    levels, coef, value = refine(starts[start], free, start_values[start], max_evals - len(starts))
+    if hf_tolerance is not None:
+        # The sharpness term only where the RMS fit leaves the band, from that fit: a sharp RMS fit stays as it is.
+        sharp_value = objective(levels, coef, sharp=True)
+        levels, coef, value = (refine(levels, coef, sharp_value, max_evals // 2, sharp=True)
+                               if sharp_value > value else (levels, coef, value))
+    return TunedSchedule(torch.cat([levels, levels.new_zeros(1)]), coef, value, start, start_values, evaluations)
 
 
 def tune_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, **options: object) -> Tensor:
