@@ -192,7 +192,7 @@ def test_hf_tolerance_brings_the_fit_into_the_band_and_leaves_a_sharp_fit_alone(
     assert abs(hf_ratio(runs["sharp"][1], fresh_ref) - 1) <= 0.07
     # inside the band the value is the plain RMS, and that costs under 10% against the RMS fit
     assert sharp.value == pytest.approx(endpoint_rms(runs["sharp"][0], ref.endpoint), rel=1e-9)
-    assert plain.value < sharp.value < 1.1 * plain.value
+    assert plain.value < sharp.value <= 1.1 * plain.value
     already = [fit_schedule(image_model, sampler="ipndm", nfe=5, noise=z, reference=ref, max_evals=60, **tol)
                for tol in ({}, {"hf_tolerance": 0.05})]
     assert torch.equal(already[0].sigmas, already[1].sigmas) and already[0].value == already[1].value
@@ -302,7 +302,7 @@ def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path)
     path = tiny_model_file(tmp_path, "edm")
     sched, saved, grid = tune_to_file(path, tmp_path, "ipndm", "--hf-tolerance", "0.1")
     assert saved["protocol"]["sampler"] == "ipndm" and saved["protocol"]["nfe"] == 4
-    assert saved["protocol"]["objective"].endswith("lies outside 1 +- 0.1)")
+    assert "where the RMS fit's HF energy ratio lies outside 1 +- 0.1, then" in saved["protocol"]["objective"]
     assert_sample_takes_the_grid(path, tmp_path, "ipndm", sched, grid)
     assert main(["sample", str(path), "--sampler", "euler", "--nfe", "4", "--schedule", str(sched),
                  "--out", str(tmp_path / "y.npz")]) == 2

@@ -54,7 +54,8 @@ def _tune(args: argparse.Namespace) -> None:
     save_schedule(args.out, tuned, protocol)
     fixed = ", ".join(f"{k} {v:.4g}" for k, v in tuned.start_values.items())
     coef = "".join(f", {k} = {v:.4g}" for k, v in tuned.hyper.items())
-    print(f"{args.sampler} at {args.nfe} NFE{coef}: endpoint RMS {tuned.value:.4g} (starts: {fixed}; "
+    value = "endpoint RMS" if args.hf_tolerance is None else "endpoint RMS x sharpness factor"
+    print(f"{args.sampler} at {args.nfe} NFE{coef}: {value} {tuned.value:.4g} (starts: {fixed}; "
           f"{tuned.evaluations} sampler runs) -> {args.out}")
     distributed.teardown()
 
