@@ -199,8 +199,8 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
     With ``teleport`` (and ``data_stats``) every run, the reference's too, is teleported and the grid spans
     [sigma_min, teleport]. With ``hf_tolerance`` (images), where that fit's endpoints' high-frequency energy lies
     outside ±hf_tolerance of the reference's, the search goes on (``max_evals // 2`` runs) with the RMS scaled by
-    1 + ``SHARPNESS_WEIGHT`` × how far outside, and at most ``SHARPNESS_RMS_SLACK`` above the RMS fit's. Tuning calls
-    are not the sampler's NFE."""
+    1 + ``SHARPNESS_WEIGHT`` × how far outside and a steep wall ``SHARPNESS_RMS_SLACK`` above the RMS fit's RMS.
+    Tuning calls are not the sampler's NFE."""
     spec = get_sampler(sampler)
     family = tunable_family(model, process)
     if spec.family != family:
@@ -226,7 +226,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         ref_hf = hf_energy(ref.endpoint)
 
     def objective(levels: Tensor, coef: dict[str, float], rms_cap: float | None = None) -> float:
-        """The endpoint RMS; with ``rms_cap`` (the sharpness search) scaled by the sharpness factor, inf above it."""
+        """The endpoint RMS; with ``rms_cap`` (sharpness search) times the sharpness factor and the wall above it."""
         nonlocal evaluations
         evaluations += 1
         grid = torch.cat([levels, levels.new_zeros(1)])
@@ -262,7 +262,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
 
         # Coefficients start at their defaults, often 0, where Nelder-Mead's own first step would be ~1e-4 of a unit;
         # the sharpness search steps wide too, to leave the RMS fit's basin.
-        simplex = np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))]) if free or rms_cap else None
+        simplex = np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))]) if free or rms_cap is not None else None
         result = minimize(lambda p: objective(*unpack(p), rms_cap), x0, method="Nelder-Mead",
                           options={"maxfev": evals, "xatol": 1e-3, "fatol": 1e-6, "initial_simplex": simplex})
         return (*unpack(result.x), float(result.fun)) if result.fun < value else (levels, coef, value)
