@@ -71,7 +71,8 @@ def objective_description(family: str, hf_tolerance: float | None = None) -> str
     text = f"endpoint RMS to {reference_description(family)} from the tuning noise"
     return text if hf_tolerance is None else (f"{text}; where the RMS fit's HF energy ratio lies outside 1 +- "
                                               f"{hf_tolerance:g}, then x (1 + {SHARPNESS_WEIGHT:g} x how far "
-                                              f"outside) at an RMS <= {1 + SHARPNESS_RMS_SLACK:g} x the RMS fit's")
+                                              f"outside), steeply penalised above {1 + SHARPNESS_RMS_SLACK:g} x the "
+                                              f"RMS fit's RMS")
 
 
 def prior_noise(noise: Tensor) -> Callable[[Tensor], Tensor]:
