@@ -3,7 +3,7 @@
 Builds the training fast path for a network preset (default: EDM's CIFAR-10 DDPM++ at batch 512), warms it up,
 records a few steps with ``torch.profiler``, then the same for the accelerated EMA model's sampling call. Reports the
 top kernels and the time per kernel class (convolution / matmul / attention / Inductor-generated Triton / other)
-per step, as JSON.
+per step, and where the copy kernels come from (the launching operator chain, shapes and Python frames), as JSON.
 
     python benchmarks/perf/profile_gpu.py --out profile.json
 """
@@ -51,6 +51,46 @@ def kernel_table(fn: Callable[[], object], steps: int) -> dict:
             "top_kernels": [{"name": n[:160], "ms": ms, "calls": c} for n, ms, c in top]}
 
 
+def _ancestry(event: object, ops: int = 3, frames: int = 4) -> tuple[str, str]:
+    """The operator chain that launched a profiler event (innermost first) and the nearest Python frames above it
+    outside torch (``file.py(line): function``, as the profiler names them with ``with_stack``)."""
+    chain: list[str] = []
+    stack: list[str] = []
+    while event is not None and len(stack) < frames:
+        name = event.name
+        if ".py(" in name:
+            if not (name.startswith("torch/") or "/torch/" in name):
+                stack.append(name)
+        elif len(chain) < ops and not name.startswith("<built-in"):
+            chain.append(name)
+        event = event.cpu_parent
+    return " <- ".join(chain), " | ".join(stack)
+
+
+def copy_sources(fn: Callable[[], object], steps: int, frames: int = 4) -> list[dict]:
+    """Device time per step of the ``copy`` kernels, grouped by the operator chain that launched them, its input
+    shapes and the Python frames above it."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True,
+                 with_stack=True) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    groups: dict[tuple, dict] = {}
+    for e in prof.events():
+        us = sum(k.duration for k in e.kernels if "copy" in k.name and not k.name.startswith("triton_"))
+        if us == 0:
+            continue
+        chain, stack = _ancestry(e, frames=frames)
+        key = (chain, str(e.input_shapes), stack)
+        g = groups.setdefault(key, {"ops": key[0], "shapes": key[1], "frames": key[2], "ms": 0.0, "calls": 0})
+        g["ms"] += us / 1000 / steps
+        g["calls"] += 1
+    for g in groups.values():
+        g["calls"] //= steps
+    return sorted(groups.values(), key=lambda g: -g["ms"])[:20]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", default="ddpmpp-cifar10")
@@ -65,14 +105,16 @@ def main() -> None:
         for _ in range(8):
             trainer.train_step()
         result = {**provenance(), "net": args.net, "batch": args.batch, "fast_path": trainer.fast.describe(),
-                  "train_step": kernel_table(trainer.train_step, args.steps)}
+                  "train_step": kernel_table(trainer.train_step, args.steps),
+                  "train_step_copies": copy_sources(trainer.train_step, args.steps)}
         model = accelerate(trainer.ema.model, trainer.dist.device)
         x = torch.randn(args.sample_batch, *trainer.data.shape, device=trainer.dist.device)
         sigma = torch.ones(args.sample_batch, device=trainer.dist.device)
         with torch.no_grad():
             for _ in range(5):
                 model(x, sigma)
-            result["sample_call"] = {"batch": args.sample_batch, **kernel_table(lambda: model(x, sigma), args.steps)}
+            result["sample_call"] = {"batch": args.sample_batch, **kernel_table(lambda: model(x, sigma), args.steps),
+                                     "copies": copy_sources(lambda: model(x, sigma), args.steps)}
         trainer.close()
     atomic_write_json(args.out, result)
 

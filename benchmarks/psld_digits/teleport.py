@@ -1,8 +1,9 @@
 """PSLD's teleport on a trained model whose PF-ODE diverges (``pf_ode_stability.py``): FD-digits of the deterministic
 PSLD samplers from the prior and teleported to t_T by the exact flow of Gaussian data (the run's training-set mean and
 covariance, ``data.stats``), against the family's default SSCS 100. 1,000 samples (seeds 100000-100999) per row,
-each with its spread, largest |x| and high-frequency energy. Writes the JSON after every row. Usage (CPU, ~25 min;
---quick: SSCS 100 and the deterministic samplers at NFE 10 and 20 from the prior and from t = 0.3, ~7 min):
+each with its spread, largest |x| and high-frequency energy. Writes the JSON after every row. Runs on the GPU where
+there is one. Usage (CPU, ~25 min; --quick: SSCS 100 and the deterministic samplers at NFE 10 and 20 from the prior
+and from t = 0.3, ~7 min):
     python benchmarks/psld_digits/teleport.py RUN --out benchmarks/psld_digits/teleport.json [--quick]
 """
 
@@ -35,7 +36,8 @@ def main() -> None:
     args, model, data, _ = load_trained_run(__doc__, lambda p: p.add_argument("--quick", action="store_true"))
     stats = resolve_data_stats(args.model, None, model.data_shape)
     test = load_dataset(data, split="test").x
-    result = {**provenance("cpu"), "model": str(args.model), "data": data, "samples": len(SEEDS),
+    device = next(model.parameters()).device
+    result = {**provenance(device), "model": str(args.model), "data": data, "samples": len(SEEDS),
               "seeds": f"{SEEDS[0]}-{SEEDS[-1]}", "data_stats": stats.describe(),
               "test_split": {"std": float(test.std()), "hf_energy": hf_energy(test.float())}, "rows": []}
     with torch.no_grad():
@@ -43,7 +45,8 @@ def main() -> None:
             for teleport in teleports:
                 t0 = time.perf_counter()
                 shortcut = {} if teleport is None else {"teleport": teleport, "data_stats": stats}
-                x = fd.generate(model, SEEDS, batch=250, sampler=sampler, nfe=nfe, progress=False, **shortcut)
+                x = fd.generate(model, SEEDS, batch=250, sampler=sampler, nfe=nfe, progress=False, device=device,
+                                **shortcut).cpu()
                 row = {"sampler": sampler, "nfe": nfe, "teleport": teleport, "fd_digits": fd_digits(x, "test"),
                        "std": float(x.std()), "abs_max": float(x.abs().max()), "hf_energy": hf_energy(x),
                        "seconds": time.perf_counter() - t0}

@@ -7,6 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 import fastdiffusion as fd
@@ -17,8 +18,8 @@ from fastdiffusion.models import ProcessModel
 
 def load_trained_run(description: str, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
                      ) -> tuple[argparse.Namespace, ProcessModel, str, Tensor]:
-    """Parse the command line (with the script's own ``add_arguments``), load MODEL and its run's training split:
-    (args, model, data name, images)."""
+    """Parse the command line (with the script's own ``add_arguments``), load MODEL (on the GPU where there is one)
+    and its run's training split: (args, model, data name, images)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a PSLD run directory (its config.json names the training data)")
     p.add_argument("--n", type=int, default=256, help="training images / prior draws")
@@ -30,4 +31,5 @@ def load_trained_run(description: str, add_arguments: Callable[[argparse.Argumen
     if training is None:
         raise SystemExit(f"{args.model}: not a run directory with a config.json naming its training data")
     images = load_dataset(training["data"], split="train").x.double()
-    return args, fd.load_model(args.model), training["data"], images
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args, fd.load_model(args.model, device=device), training["data"], images
