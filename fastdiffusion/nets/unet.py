@@ -71,29 +71,38 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(max(1, min(32, num_channels // 4)), num_channels, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling() and x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        if (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                and (x.is_cuda or torch.compiler.is_compiling())):
             return self._forward_nhwc(x)
         y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
         return y.to(x.dtype)
 
     def _forward_nhwc(self, x: Tensor) -> Tensor:
-        """GroupNorm for channels_last memory under torch.compile, from per-channel statistics.
+        """GroupNorm for channels_last memory, from per-channel statistics (on CUDA, and anywhere under torch.compile).
 
         The pixel reductions are per channel (``mean_c``, ``var_c`` over H, W), which in NHWC memory read along the
         contiguous channel axis; the group statistics follow from the law of total variance,
         ``mean_g = <mean_c>_g``, ``var_g = <var_c>_g + <(mean_c - mean_g)^2>_g`` (equal pixel counts per channel),
         and the norm is then the per-channel affine ``y = x scale_c + shift_c``. Its backward is the same kind of
         per-channel reduction. A reduction over (pixels, channels of a group) instead strides across memory and is
-        slower at the large shapes (docs/results.md, GroupNorm ablation). The CUDA group_norm kernel wants NCHW,
-        so eager mode (and NCHW input) keeps it."""
-        n, c = x.shape[:2]
-        var_c, mean_c = torch.var_mean(x.float(), dim=(2, 3), correction=0)
-        mean_c, var_c = mean_c.view(n, self.num_groups, -1), var_c.view(n, self.num_groups, -1)
-        mean_g = mean_c.mean(-1, keepdim=True)
-        var_g = var_c.mean(-1, keepdim=True) + (mean_c - mean_g).square().mean(-1, keepdim=True)
-        scale = torch.rsqrt(var_g + self.eps) * self.weight.float().view(self.num_groups, -1)
-        shift = self.bias.float().view(self.num_groups, -1) - mean_g * scale
-        return torch.addcmul(shift.view(n, c, 1, 1), x.float(), scale.view(n, c, 1, 1)).to(x.dtype)
+        slower at the large shapes (docs/results.md, GroupNorm ablation). The CUDA group_norm kernel wants NCHW:
+        in eager mode it made an fp32 copy and an NCHW copy of every input, which this form avoids."""
+        n, c, h, w = x.shape
+        with torch.autocast(x.device.type, enabled=False):  # dtypes are explicit; autocast would copy x to fp32
+            if torch.compiler.is_compiling():  # Inductor fuses the fp32 cast into the two-pass reduction
+                var_c, mean_c = torch.var_mean(x.float(), dim=(2, 3), correction=0)
+            else:  # eager: reductions that read x in its own dtype and accumulate in fp32, so no fp32 copy of x
+                acc = torch.promote_types(x.dtype, torch.float32)
+                mean_c = x.mean((2, 3), dtype=acc)
+                mean_sq_c = torch.linalg.vector_norm(x, dim=(2, 3), dtype=acc).square() / (h * w)
+                var_c = (mean_sq_c - mean_c.square()).clamp_min(0)
+            mean_c, var_c = mean_c.view(n, self.num_groups, -1), var_c.view(n, self.num_groups, -1)
+            mean_g = mean_c.mean(-1, keepdim=True)
+            var_g = var_c.mean(-1, keepdim=True) + (mean_c - mean_g).square().mean(-1, keepdim=True)
+            scale = torch.rsqrt(var_g + self.eps) * self.weight.float().view(self.num_groups, -1)
+            shift = self.bias.float().view(self.num_groups, -1) - mean_g * scale
+            # x is promoted to fp32 inside the one elementwise kernel
+            return torch.addcmul(shift.view(n, c, 1, 1), x, scale.view(n, c, 1, 1)).to(x.dtype)
 
 
 class Resample(nn.Module):
