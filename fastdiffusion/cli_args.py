@@ -126,11 +126,24 @@ def add_gaussian_arguments(parser: argparse.ArgumentParser, afs: bool = True) ->
                         "else the run's training data, computed once and cached there)")
 
 
+def hf_tolerance_value(text: str) -> float | str | None:
+    """argparse type of ``--hf-tolerance``: a fraction, ``auto`` or ``off`` (None)."""
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction, 'auto' or 'off', got {text!r}") from None
+
+
 def add_hf_tolerance_argument(parser: argparse.ArgumentParser) -> None:
     """``--hf-tolerance FRACTION`` for fitted schedules (``samplers.tuning.fit_schedule``'s ``hf_tolerance``)."""
-    parser.add_argument("--hf-tolerance", type=float, metavar="FRACTION", help="fit the grid with its samples' "
-                        "high-frequency energy within FRACTION of the reference's (0.1: within 10%%), so that few-step "
-                        "samples are neither blurrier nor grainier; images only (default: endpoint RMS alone)")
+    from .samplers.tuning import HF_TOLERANCE
+
+    parser.add_argument("--hf-tolerance", type=hf_tolerance_value, default="auto", metavar="FRACTION",
+                        help="fit the grid with its samples' high-frequency energy within FRACTION of the reference's "
+                        "(0.1: within 10%%), so that few-step samples are neither blurrier nor grainier; images only "
+                        f"(default auto: {HF_TOLERANCE:g} for images; off: endpoint RMS alone)")
 
 
 def check_gaussian_flags(args: argparse.Namespace) -> None:

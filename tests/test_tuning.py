@@ -22,6 +22,7 @@ from fastdiffusion.samplers.tuning import (
     load_schedule,
     prior_noise,
     reference_solve,
+    resolve_hf_tolerance,
     save_schedule,
     schedule_options,
 )
@@ -181,7 +182,8 @@ def test_hf_tolerance_brings_the_fit_into_the_band_and_leaves_a_sharp_fit_alone(
     def hf_ratio(x, r):
         return hf_energy(x) / hf_energy(r)
 
-    plain = fit_schedule(image_model, sampler="dpmpp-2m", nfe=4, noise=z, reference=ref, max_evals=100)
+    plain = fit_schedule(image_model, sampler="dpmpp-2m", nfe=4, noise=z, reference=ref, max_evals=100,
+                         hf_tolerance=None)
     sharp = fit_schedule(image_model, sampler="dpmpp-2m", nfe=4, noise=z, reference=ref, max_evals=100,
                          hf_tolerance=0.05)
     runs = {name: (fd.sample(image_model, z, sampler="dpmpp-2m", nfe=4, sigmas=t.sigmas),
@@ -194,8 +196,12 @@ def test_hf_tolerance_brings_the_fit_into_the_band_and_leaves_a_sharp_fit_alone(
     assert sharp.value == pytest.approx(endpoint_rms(runs["sharp"][0], ref.endpoint), rel=1e-9)
     assert plain.value < sharp.value <= 1.1 * plain.value
     already = [fit_schedule(image_model, sampler="ipndm", nfe=5, noise=z, reference=ref, max_evals=60, **tol)
-               for tol in ({}, {"hf_tolerance": 0.05})]
-    assert torch.equal(already[0].sigmas, already[1].sigmas) and already[0].value == already[1].value
+               for tol in ({"hf_tolerance": None}, {"hf_tolerance": 0.05}, {})]
+    for other in already[1:]:
+        assert torch.equal(already[0].sigmas, other.sigmas) and already[0].value == other.value
+    # the default band: 10% on images, none where there is no image to measure
+    assert resolve_hf_tolerance("auto", z.shape) == 0.1 and resolve_hf_tolerance("auto", (8, 2)) is None
+    assert resolve_hf_tolerance(0.05, z.shape) == 0.05 and resolve_hf_tolerance(None, z.shape) is None
     with pytest.raises(UserError, match="needs a fraction >= 0 .* and image noise"):
         fit_schedule(DENOISE, sampler="ipndm", nfe=5, noise=noise(1, 8), hf_tolerance=0.1)
     with pytest.raises(UserError, match="needs a fraction >= 0"):
@@ -381,3 +387,17 @@ def test_reference_solve_warns_when_the_pf_ode_diverges(capsys):
     assert "unstable" not in capsys.readouterr().err
     reference_solve(lambda x, sigma: 1.2 * x, z, nfe=31)
     assert "probability-flow ODE looks unstable" in capsys.readouterr().err
+
+
+def test_hf_tolerance_argument_takes_a_fraction_auto_or_off():
+    import argparse
+
+    from fastdiffusion.cli_args import add_hf_tolerance_argument
+
+    p = argparse.ArgumentParser()
+    add_hf_tolerance_argument(p)
+    assert p.parse_args([]).hf_tolerance == "auto"
+    assert p.parse_args(["--hf-tolerance", "off"]).hf_tolerance is None
+    assert p.parse_args(["--hf-tolerance", "0.2"]).hf_tolerance == 0.2
+    with pytest.raises(SystemExit):
+        p.parse_args(["--hf-tolerance", "sharp"])

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,7 +27,7 @@ from ..models import ProcessModel
 from ..plots import figure, save_figure
 from ..processes.gaussian_data import GaussianDataStats
 from ..samplers import get_sampler, make_sigmas
-from ..samplers.tuning import fit_schedule, objective_description, reference_solve
+from ..samplers.tuning import fit_schedule, objective_description, reference_solve, resolve_hf_tolerance
 from ..sampling import check_gaussian_family, check_sampler_args, check_teleport_level, generate, sampling_range
 from ..seeds import SeededNoise, format_seeds, parse_seeds
 from .provenance import provenance
@@ -56,7 +57,7 @@ def trained_on_digits(path: str | Path) -> bool:
 def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str], nfes: Sequence[int],
         eval_seeds: list[int], tuning_seeds: list[int], tune_nfes: Sequence[int], batch: int, max_evals: int,
         device: torch.device, digits: bool, data_stats: GaussianDataStats | None = None,
-        teleport: float | None = None, hf_tolerance: float | None = None) -> dict:
+        teleport: float | None = None, hf_tolerance: float | Literal["auto"] | None = "auto") -> dict:
     """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the family's reference;
     ``data_stats`` for the ``model+afs`` schedule and for ``teleport``, which every run (the reference's and the
     fits' too) then starts with; ``hf_tolerance`` for the fits (``fit_schedule``)."""
@@ -256,11 +257,12 @@ def main(args: argparse.Namespace) -> dict:
     if args.teleport is not None:  # before the long reference solve
         check_teleport_level(args.teleport, *sampling_range(model))
     data_stats = resolve_data_stats(args.model, args.data_stats, model.data_shape) if gaussian else None
+    hf_tolerance = resolve_hf_tolerance(args.hf_tolerance, (1, *model.data_shape))
     with torch.no_grad():
         result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
                      tuning_seeds=tuning_seeds, tune_nfes=args.tune_nfe or args.nfe, batch=args.batch,
                      max_evals=args.max_evals, device=d.device, digits=digits, data_stats=data_stats,
-                     teleport=args.teleport, hf_tolerance=args.hf_tolerance)
+                     teleport=args.teleport, hf_tolerance=hf_tolerance)
     fd = f"FD-digits vs the digits test split at {model.data_shape[-1]} px" if digits else None
     result["protocol"] = {"model": str(args.model), "eval_seeds": format_seeds(eval_seeds),
                           "tuning_seeds": format_seeds(tuning_seeds), "fd": fd,
@@ -268,7 +270,7 @@ def main(args: argparse.Namespace) -> dict:
                                        "seeds",
                           "hf_energy": "mean squared 3x3 Laplacian at full resolution",
                           "teleport": args.teleport, "fit_objective": objective_description(model.family,
-                                                                                            args.hf_tolerance),
+                                                                                            hf_tolerance),
                           **({"data_stats": data_stats.describe()} if data_stats else {}),
                           "fast_path": "bf16 autocast, channels_last, no compile" if d.device.type == "cuda" else
                           "fp32 eager", **provenance(d.device)}

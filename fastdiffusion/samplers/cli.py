@@ -30,7 +30,7 @@ def _tune(args: argparse.Namespace) -> None:
     from ..sampling import check_sampler_args, gaussian_options, model_family
     from ..seeds import SeededNoise, format_seeds, parse_seeds
     from ..training import distributed
-    from .tuning import fit_schedule, model_digest, objective_description, save_schedule
+    from .tuning import fit_schedule, model_digest, objective_description, resolve_hf_tolerance, save_schedule
 
     hyper = parse_kv(args.opt, "--opt")
     check_gaussian_flags(args)
@@ -42,19 +42,20 @@ def _tune(args: argparse.Namespace) -> None:
     accelerate(model, d.device, **fast_path_options(args))
     shortcut = gaussian_options(args.teleport, False, args.data_stats, args.model, model)
     noise = SeededNoise(seeds).randn(model.data_shape, d.device)
+    hf_tolerance = resolve_hf_tolerance(args.hf_tolerance, noise.shape)
     with torch.no_grad():
         tuned = fit_schedule(model, sampler=args.sampler, nfe=args.nfe, noise=noise, max_evals=args.max_evals,
                              teleport=shortcut.get("teleport"), data_stats=shortcut.get("data_stats"),
-                             hf_tolerance=args.hf_tolerance, **hyper)
+                             hf_tolerance=hf_tolerance, **hyper)
     protocol = {"model": str(args.model), "model_sha256": digest, "ema": not args.raw, "sampler": args.sampler,
                 "nfe": args.nfe, "hyper": hyper, "tuning_seeds": format_seeds(seeds),
-                "objective": objective_description(model_family(model), args.hf_tolerance),
+                "objective": objective_description(model_family(model), hf_tolerance),
                 "teleport": args.teleport, **({"data_stats": shortcut["data_stats"].describe()} if shortcut else {}),
                 "provenance": provenance(d.device)}
     save_schedule(args.out, tuned, protocol)
     fixed = ", ".join(f"{k} {v:.4g}" for k, v in tuned.start_values.items())
     coef = "".join(f", {k} = {v:.4g}" for k, v in tuned.hyper.items())
-    value = "endpoint RMS" if args.hf_tolerance is None else "endpoint RMS x sharpness factor"
+    value = "endpoint RMS" if hf_tolerance is None else "endpoint RMS x sharpness factor"
     print(f"{args.sampler} at {args.nfe} NFE{coef}: {value} {tuned.value:.4g} (starts: {fixed}; "
           f"{tuned.evaluations} sampler runs) -> {args.out}")
     distributed.teardown()
