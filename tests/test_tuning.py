@@ -201,6 +201,9 @@ def test_hf_tolerance_brings_the_fit_into_the_band_and_leaves_a_sharp_fit_alone(
         assert torch.equal(already[0].sigmas, other.sigmas) and already[0].value == other.value
     # the default band: 10% on images, none where there is no image to measure
     assert resolve_hf_tolerance("auto", z.shape) == 0.1 and resolve_hf_tolerance("auto", (8, 2)) is None
+    assert resolve_hf_tolerance("auto", (8, 1, 2, 2)) is None  # no 3x3 Laplacian fits
+    flat = fit_schedule(lambda x, sigma: torch.zeros_like(x), sampler="ipndm", nfe=4, noise=z[:8], max_evals=8)
+    assert flat.sigmas[-1] == 0 and len(flat.sigmas) == 5  # flat reference images: the RMS fit, no division by 0
     assert resolve_hf_tolerance(0.05, z.shape) == 0.05 and resolve_hf_tolerance(None, z.shape) is None
     with pytest.raises(UserError, match="needs a fraction >= 0 .* and image noise"):
         fit_schedule(DENOISE, sampler="ipndm", nfe=5, noise=noise(1, 8), hf_tolerance=0.1)
