@@ -143,7 +143,7 @@ def add_hf_tolerance_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-tolerance", type=hf_tolerance_value, default="auto", metavar="FRACTION",
                         help="fit the grid with its samples' high-frequency energy within FRACTION of the reference's "
                         "(0.1: within 10%%), so that few-step samples are neither blurrier nor grainier; images only "
-                        f"(default auto: {HF_TOLERANCE:g} for images; off: endpoint RMS alone)")
+                        f"(default auto: {HF_TOLERANCE:g} for EDM-family images; off: endpoint RMS alone)")
 
 
 def check_gaussian_flags(args: argparse.Namespace) -> None:

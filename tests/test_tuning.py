@@ -200,11 +200,13 @@ def test_hf_tolerance_brings_the_fit_into_the_band_and_leaves_a_sharp_fit_alone(
     for other in already[1:]:
         assert torch.equal(already[0].sigmas, other.sigmas) and already[0].value == other.value
     # the default band: 10% on images, none where there is no image to measure
-    assert resolve_hf_tolerance("auto", z.shape) == 0.1 and resolve_hf_tolerance("auto", (8, 2)) is None
-    assert resolve_hf_tolerance("auto", (8, 1, 2, 2)) is None  # no 3x3 Laplacian fits
+    assert resolve_hf_tolerance("auto", z.shape, "edm") == 0.1 and resolve_hf_tolerance("auto", (8, 2), "edm") is None
+    assert resolve_hf_tolerance("auto", (8, 1, 2, 2), "edm") is None  # no 3x3 Laplacian fits
+    assert resolve_hf_tolerance("auto", z.shape, "psld") is None  # not validated on PSLD models
+    assert resolve_hf_tolerance(0.2, z.shape, "psld") == 0.2
     flat = fit_schedule(lambda x, sigma: torch.zeros_like(x), sampler="ipndm", nfe=4, noise=z[:8], max_evals=8)
     assert flat.sigmas[-1] == 0 and len(flat.sigmas) == 5  # flat reference images: the RMS fit, no division by 0
-    assert resolve_hf_tolerance(0.05, z.shape) == 0.05 and resolve_hf_tolerance(None, z.shape) is None
+    assert resolve_hf_tolerance(0.05, z.shape, "edm") == 0.05 and resolve_hf_tolerance(None, z.shape, "edm") is None
     with pytest.raises(UserError, match="needs a fraction >= 0 .* and image noise"):
         fit_schedule(DENOISE, sampler="ipndm", nfe=5, noise=noise(1, 8), hf_tolerance=0.1)
     with pytest.raises(UserError, match="needs a fraction >= 0"):

@@ -263,7 +263,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.teleport is not None:  # before the long reference solve
         check_teleport_level(args.teleport, *sampling_range(model))
     data_stats = resolve_data_stats(args.model, args.data_stats, model.data_shape) if gaussian else None
-    hf_tolerance = resolve_hf_tolerance(args.hf_tolerance, (1, *model.data_shape))
+    hf_tolerance = resolve_hf_tolerance(args.hf_tolerance, (1, *model.data_shape), model.family)
     with torch.no_grad():
         result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
                      tuning_seeds=tuning_seeds, tune_nfes=args.tune_nfe or args.nfe, batch=args.batch,

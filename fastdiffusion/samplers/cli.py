@@ -42,7 +42,7 @@ def _tune(args: argparse.Namespace) -> None:
     accelerate(model, d.device, **fast_path_options(args))
     shortcut = gaussian_options(args.teleport, False, args.data_stats, args.model, model)
     noise = SeededNoise(seeds).randn(model.data_shape, d.device)
-    hf_tolerance = resolve_hf_tolerance(args.hf_tolerance, noise.shape)
+    hf_tolerance = resolve_hf_tolerance(args.hf_tolerance, noise.shape, model_family(model))
     with torch.no_grad():
         tuned = fit_schedule(model, sampler=args.sampler, nfe=args.nfe, noise=noise, max_evals=args.max_evals,
                              teleport=shortcut.get("teleport"), data_stats=shortcut.get("data_stats"),

@@ -79,11 +79,12 @@ def objective_description(family: str, hf_tolerance: float | None = None) -> str
                                               f"RMS fit's RMS")
 
 
-def resolve_hf_tolerance(hf_tolerance: float | Literal["auto"] | None, shape: Sequence[int]) -> float | None:
-    """``"auto"``: ``HF_TOLERANCE`` for images of ``shape`` (N, C, H, W) of at least 3×3 pixels, else None (no
-    sharpness measure)."""
+def resolve_hf_tolerance(hf_tolerance: float | Literal["auto"] | None, shape: Sequence[int],
+                         family: str) -> float | None:
+    """``"auto"``: ``HF_TOLERANCE`` for an EDM-family model's images of ``shape`` (N, C, H, W) of at least 3×3 pixels,
+    else None (no sharpness measure; on PSLD models not validated)."""
     if hf_tolerance == "auto":
-        return HF_TOLERANCE if len(shape) == 4 and min(shape[-2:]) >= 3 else None
+        return HF_TOLERANCE if family == "edm" and len(shape) == 4 and min(shape[-2:]) >= 3 else None
     return hf_tolerance
 
 
@@ -210,7 +211,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
     ``START_SCHEDULES`` (and the DP grid, EDM family), refined by Nelder-Mead within ``max_evals`` sampler runs,
     together with the sampler's ``FITTED`` coefficients that ``hyper`` does not fix and that have a default value.
     With ``teleport`` (and ``data_stats``) every run, the reference's too, is teleported and the grid spans
-    [sigma_min, teleport]. With ``hf_tolerance`` (images; "auto": ``HF_TOLERANCE`` on images, None otherwise),
+    [sigma_min, teleport]. With ``hf_tolerance`` (images; "auto": ``HF_TOLERANCE`` on EDM-family images, else None),
     where that fit's endpoints' high-frequency energy lies outside ±hf_tolerance of the reference's, the search goes
     on (``max_evals // 2`` runs) with the RMS scaled by 1 + ``SHARPNESS_WEIGHT`` × how far outside and a steep wall
     ``SHARPNESS_RMS_SLACK`` above the RMS fit's RMS.
@@ -222,7 +223,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
                         f"tune one of {', '.join(deterministic_samplers(family))}")
     if spec.stochastic or hyper.get("churn"):
         raise UserError(f"tune: '{sampler}' is stochastic; tune a deterministic sampler")
-    hf_tolerance = resolve_hf_tolerance(hf_tolerance, noise.shape)
+    hf_tolerance = resolve_hf_tolerance(hf_tolerance, noise.shape, family)
     if hf_tolerance is not None and not (hf_tolerance >= 0 and noise.ndim == 4):
         raise UserError(f"tune: --hf-tolerance {hf_tolerance} needs a fraction >= 0 (0.1: within 10%) and image "
                         f"noise (N, C, H, W), not shape {tuple(noise.shape)}")
