@@ -80,7 +80,7 @@ class GroupNorm(nn.GroupNorm):
         return y.to(x.dtype)
 
     def _forward_nhwc(self, x: Tensor) -> Tensor:
-        """GroupNorm for channels_last memory, from per-channel statistics (on CUDA, and anywhere under torch.compile).
+        """GroupNorm for channels_last memory from per-channel statistics (eager CUDA inference; any torch.compile).
 
         The pixel reductions are per channel (``mean_c``, ``var_c`` over H, W), which in NHWC memory read along the
         contiguous channel axis; the group statistics follow from the law of total variance,
