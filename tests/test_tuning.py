@@ -350,7 +350,7 @@ def test_tune_with_teleport_fits_the_grid_below_the_teleport_level(tmp_path, cap
     stats = resolve_data_stats(path, "digits", (1, 8, 8))
     assert_sample_takes_the_grid(path, tmp_path, "psld-conj", sched, grid, "--teleport", "0.4", "--data-stats",
                                  "digits", teleport=0.4, data_stats=stats)
-    capsys.readouterr()
+    assert "teleport to t = 0.4 (data statistics" in capsys.readouterr().out  # PSLD levels are times
     for wrong in ([], ["--teleport", "0.5", "--data-stats", "digits"]):
         assert main(["sample", str(path), "--sampler", "psld-conj", "--nfe", "4", "--schedule", str(sched),
                      "--out", str(tmp_path / "y.npz"), *wrong]) == 2
