@@ -195,6 +195,7 @@ def test_hf_tolerance_brings_the_fit_into_the_band_and_leaves_a_sharp_fit_alone(
     # inside the band the value is the plain RMS, and that costs under 10% against the RMS fit
     assert sharp.value == pytest.approx(endpoint_rms(runs["sharp"][0], ref.endpoint), rel=1e-9)
     assert plain.value < sharp.value <= 1.1 * plain.value
+    assert plain.start in plain.start_values and sharp.start in ("rms-fit", *plain.start_values)
     already = [fit_schedule(image_model, sampler="ipndm", nfe=5, noise=z, reference=ref, max_evals=60, **tol)
                for tol in ({"hf_tolerance": None}, {"hf_tolerance": 0.05}, {})]
     for other in already[1:]:

@@ -192,7 +192,8 @@ def logits_from_levels(levels: Tensor, lo: float, hi: float) -> np.ndarray:
 @dataclass(frozen=True)
 class TunedSchedule:
     """A tuned grid (descending, ending in 0) and the fitted sampler coefficients (``hyper``), with its objective
-    before and after refinement and its starts."""
+    before and after refinement and its starts; ``start`` names the grid the last search began from (``rms-fit``:
+    the sharpness search from the RMS fit)."""
 
     sigmas: Tensor
     hyper: dict[str, float]
@@ -292,8 +293,10 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         cap = (1 + SHARPNESS_RMS_SLACK) * value
         sharp_value = objective(levels, coef, cap)
         if sharp_value > value:
-            sharp_starts = [(levels, coef, sharp_value)] + [(g, free, objective(g, free, cap)) for g in starts.values()]
-            levels, coef, value = refine(*min(sharp_starts, key=lambda c: c[2]), max_evals // 2, cap)
+            sharp_starts = {"rms-fit": (levels, coef, sharp_value),
+                            **{name: (g, free, objective(g, free, cap)) for name, g in starts.items()}}
+            start = min(sharp_starts, key=lambda name: sharp_starts[name][2])
+            levels, coef, value = refine(*sharp_starts[start], max_evals // 2, cap)
     return TunedSchedule(torch.cat([levels, levels.new_zeros(1)]), coef, value, start, start_values, evaluations)
 
 
