@@ -61,7 +61,7 @@ def _ancestry(event: object, ops: int = 3, frames: int = 4) -> tuple[str, str]:
         if ".py(" in name:
             if not (name.startswith("torch/") or "/torch/" in name):
                 stack.append(name)
-        elif len(chain) < ops and not name.startswith("<built-in"):
+        elif len(chain) < ops and name.startswith("aten::"):  # not the runtime events a launch may sit under
             chain.append(name)
         event = event.cpu_parent
     return " <- ".join(chain), " | ".join(stack)
