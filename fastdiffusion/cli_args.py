@@ -138,12 +138,13 @@ def hf_tolerance_value(text: str) -> float | str | None:
 
 def add_hf_tolerance_argument(parser: argparse.ArgumentParser) -> None:
     """``--hf-tolerance FRACTION`` for fitted schedules (``samplers.tuning.fit_schedule``'s ``hf_tolerance``)."""
-    from .samplers.tuning import HF_TOLERANCE
+    from .samplers.tuning import DEFAULT_HF_TOLERANCE
 
     parser.add_argument("--hf-tolerance", type=hf_tolerance_value, default="auto", metavar="FRACTION",
                         help="fit the grid with its samples' high-frequency energy within FRACTION of the reference's "
                         "(0.1: within 10%%), so that few-step samples are neither blurrier nor grainier; images only "
-                        f"(default auto: {HF_TOLERANCE:g} for EDM-family images; off: endpoint RMS alone)")
+                        f"(default auto: {DEFAULT_HF_TOLERANCE['edm']:g} for EDM-family images, none for PSLD; off: "
+                        "endpoint RMS alone)")
 
 
 def check_gaussian_flags(args: argparse.Namespace) -> None:

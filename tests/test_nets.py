@@ -292,7 +292,7 @@ def test_box_resample_equals_the_fir_convolution(mode: str) -> None:
 
 
 def test_group_norm_per_channel_form_in_bf16_is_as_accurate_as_native() -> None:
-    """The eager per-channel form (taken on CUDA for channels_last input) reads bf16 input without an fp32 copy and
+    """The eager per-channel form (CUDA inference on channels_last input) reads bf16 input without an fp32 copy and
     accumulates in fp32: against float64, its error is the native fp32 kernel's within output rounding, also when
     channel means lie several standard deviations off zero (E[x^2] - E[x]^2 cancels)."""
     from fastdiffusion.nets.unet import GroupNorm
