@@ -13,8 +13,10 @@
 3. **measure**: per network (``NET:BATCH:RES:CHANNELS``), in fresh processes with an empty cache, then on the cache it
    left: the sampling network (bf16, channels_last, CUDA graphs on a GPU) eager and compiled. The compile cost is the
    first three compiled calls (compile, CUDA-graph warm-up and recording) less three steady compiled calls; the
-   speed-up is eager over compiled seconds per call (medians). A spec ending in ``:regional`` compiles each U-Net
-   block on its own instead (blocks of one shape share their code; no CUDA graphs), and the cost fit leaves it out.
+   speed-up is eager over compiled seconds per call (medians). A spec may end in a variant, which the cost fit
+   leaves out: ``:regional`` compiles each U-Net block on its own instead (blocks of one shape share their code; no
+   CUDA graphs); ``:freezing`` compiles with Inductor's ``freezing`` (weights folded in as constants, inference
+   only); ``:cudnn-all`` lets cuDNN's autotuner try every convolution algorithm (``benchmark_limit = 0``, not 10).
 4. **train**: the same for a training step of ``--train-net`` on ``--data`` at ``--batch``.
 5. **fifty**: issue 21's 50,000-sample target: a ``--fifty-net`` model (one training step: its weights do not change
    the time) sampled for ``--fifty-seeds`` at ``--fifty-batch`` by the automatic default on the cache that ``measure``
@@ -112,6 +114,10 @@ def worker_measure(out: Path, spec: str, calls: int, device: str) -> None:
 
     net, batch, res, ch, *mode = spec.split(":")
     batch, res, ch = int(batch), int(res), int(ch)
+    if mode not in ([], ["regional"], ["freezing"], ["cudnn-all"]):
+        raise SystemExit(f"--measure {spec}: unknown variant {':'.join(mode)} (regional, freezing or cudnn-all)")
+    if mode == ["cudnn-all"]:
+        torch.backends.cudnn.benchmark_limit = 0
     torch.manual_seed(0)
     meta = {"process": make_process("edm").config(), "data_shape": [ch, res, res],
             "net": net_config(net, img_resolution=res, in_channels=ch, out_channels=ch)}
@@ -129,7 +135,7 @@ def worker_measure(out: Path, spec: str, calls: int, device: str) -> None:
             if isinstance(block, UNetBlock):
                 block.compile(dynamic=False)
     else:
-        accelerate(compiled, device, compile=True)
+        accelerate(compiled, device, compile=True, compile_options={"freezing": True} if mode == ["freezing"] else None)
     x = torch.randn(batch, ch, res, res, device=device)
     c_noise = torch.full((batch,), 0.25, device=device)
 
@@ -274,7 +280,7 @@ def line_fit(points: list[tuple[int, float]]) -> dict:
 def suggest(results: dict) -> dict:
     """The ``CompileCosts`` fields these measurements give (see its docstring)."""
     out: dict = {}
-    rows = [r for r in results.get("measure", []) if "error" not in r and not r["spec"].endswith(":regional")]
+    rows = [r for r in results.get("measure", []) if "error" not in r and len(r["spec"].split(":")) == 4]
     for state in ("cold", "warm"):
         points = sorted((r["modules"], r["compile_s"]) for r in rows if r["cache"] == state)
         if points:

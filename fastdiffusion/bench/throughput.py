@@ -154,6 +154,7 @@ def _report(results: dict, base_mode: str, net: str, data: str, world: int, devi
     return {**provenance(device if device != "auto" else None), "net": net, "data": data, "world_size": world,
             "timing": {"warmup": warmup, "window": window, "repeats": repeats, "statistic": "median window"},
             "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
+            "cudnn_benchmark_limit": torch.backends.cudnn.benchmark_limit,  # algorithms tried per shape; 0: all
             "results": results, f"ratios_vs_{base_mode}": ratios}
 
 
