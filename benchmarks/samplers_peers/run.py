@@ -55,7 +55,7 @@ from fastdiffusion.processes import EDM  # noqa: E402
 from fastdiffusion.samplers import get_sampler, make_sigmas  # noqa: E402
 from fastdiffusion.samplers.counted import CountedModel, run_counted  # noqa: E402
 from fastdiffusion.samplers.registry import deterministic_edm_samplers  # noqa: E402
-from fastdiffusion.samplers.tuning import fit_schedule, reference_solve  # noqa: E402
+from fastdiffusion.samplers.tuning import DISTANCES, fit_schedule, reference_solve  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 PROCESS = EDM(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
@@ -449,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-reference", choices=("heun", "exact"), default="heun",
                    help="fit_schedule's target on the tuning points: the library's Heun-127 solve (default) or the "
                         "exact endpoints")
+    p.add_argument("--fit-distance", choices=DISTANCES, default="rms",
+                   help="fit_schedule's endpoint distance: pooled RMS (its default) or mean L2 (this script's metric)")
     p.add_argument("--no-fit", action="store_true", help="fixed schedules only")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--tag", default="", help="suffix of the output files (results{tag}.json / .md)")
@@ -497,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     t1 = time.perf_counter()
                     fit = fit_schedule(prob.model, sampler=name, nfe=nfe, noise=prob.tune_noise, process=PROCESS,
-                                       reference=ref, max_evals=args.max_evals)
+                                       reference=ref, max_evals=args.max_evals, distance=args.fit_distance)
                     x = run_ours(prob.model, prob.start, name, fit.sigmas, nfe, **fit.hyper)
                     err = score(x, prob)
                     rows.append({"problem": prob.name, "dim": dim, "who": "ours", "sampler": name,
@@ -541,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": {
             "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO, "nfe": list(nfes), "target_nfe": TARGET_NFES,
             "target_ratio": TARGET, "n_eval": args.n_eval, "n_tune": args.n_tune, "max_evals": args.max_evals,
-            "tune_reference": args.tune_reference, "fit": not args.no_fit,
+            "tune_reference": args.tune_reference, "fit_distance": args.fit_distance, "fit": not args.no_fit,
             "eval_noise": "x_T = 80 randn(n_eval, D) from seed 1000 seed + 1",
             "tune_noise": "randn(n_tune, D) from seed 1000 seed + 2 (fit_schedule scales it by 80)",
             "exact": "bench.edm_exact.exact_endpoint: DOP853 in u = ln sigma, rtol = atol = 1e-10, then "
@@ -589,7 +591,8 @@ def markdown(res: dict) -> str:
              f"Fresh diagonal Gaussian mixtures (this script's generator, seeds below), EDM range sigma in "
              f"[{prot['sigma_min']}, {prot['sigma_max']}]. Error: {prot['error']}, over {prot['n_eval']} evaluation "
              f"points; exact: {prot['exact']}. Tuning: `fit_schedule` on {prot['n_tune']} other points "
-             f"(disjoint seed), max_evals {prot['max_evals']}, reference {prot['tune_reference']}. "
+             f"(disjoint seed), max_evals {prot['max_evals']}, reference {prot['tune_reference']}, distance "
+             f"{prot.get('fit_distance', 'rms')}. "
              f"Ratio = best of ours (any schedule, fitted included) / best peer (any grid); fixed ratio = best of "
              f"ours on karras/logsnr only / best peer. Target: ratio <= {prot['target_ratio']} at NFE "
              f"{' and '.join(map(str, prot['target_nfe']))} on every problem.", ""]

@@ -53,6 +53,14 @@ RMS_WALL = 100.0
 # model it cost 7% FD at NFE 5 and stayed outside the band (docs/results.md, session 14).
 HF_TOLERANCE = 0.1
 DEFAULT_HF_TOLERANCE = {"edm": HF_TOLERANCE, "psld": None}
+DISTANCES = ("rms", "mean-l2")  # endpoint_distance's measures; a fit's objective is the first unless told
+
+
+def endpoint_distance(x: Tensor, ref: Tensor, distance: str = "rms") -> float:
+    """``rms``: sqrt(mean (x - ref)^2) over all samples and entries; ``mean-l2``: mean over samples of ||x - ref||_2,
+    which weighs a few far-off samples less."""
+    diff = (x - ref).float().flatten(1)
+    return float(diff.square().mean().sqrt() if distance == "rms" else diff.norm(dim=1).mean())
 
 
 @dataclass(frozen=True)
@@ -72,9 +80,10 @@ def reference_description(family: str) -> str:
     return f"{sampler} {nfe} NFE on the {schedule} grid" + "".join(f", {k} = {v:g}" for k, v in options.items())
 
 
-def objective_description(family: str, hf_tolerance: float | None = None) -> str:
+def objective_description(family: str, hf_tolerance: float | None = None, distance: str = "rms") -> str:
     """A fit's objective, for protocols: 'endpoint RMS to heun 127 NFE on the karras grid from the tuning noise'."""
-    text = f"endpoint RMS to {reference_description(family)} from the tuning noise"
+    measure = "endpoint RMS" if distance == "rms" else "mean endpoint L2 distance"
+    text = f"{measure} to {reference_description(family)} from the tuning noise"
     return text if hf_tolerance is None else (f"{text}; where the RMS fit's HF energy ratio lies outside 1 +- "
                                               f"{hf_tolerance:g}, then x (1 + {SHARPNESS_WEIGHT:g} x how far "
                                               f"outside), steeply penalised above {1 + SHARPNESS_RMS_SLACK:g} x the "
@@ -208,11 +217,12 @@ class TunedSchedule:
 def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, process: Process | None = None,
                  class_labels: Tensor | None = None, reference: Reference | None = None, max_evals: int = 200,
                  teleport: float | None = None, data_stats: GaussianDataStats | None = None,
-                 hf_tolerance: float | Literal["auto"] | None = "auto", **hyper: object) -> TunedSchedule:
+                 hf_tolerance: float | Literal["auto"] | None = "auto", distance: str = "rms",
+                 **hyper: object) -> TunedSchedule:
     """Fit the noise levels (PSLD: times) of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``:
-    the endpoint RMS to ``reference`` (default: ``reference_solve``), from the best of the family's
-    ``START_SCHEDULES`` (and the DP grid, EDM family), refined by Nelder-Mead within ``max_evals`` sampler runs,
-    together with the sampler's ``FITTED`` coefficients that ``hyper`` does not fix and that have a default value.
+    the ``endpoint_distance`` (``distance``) to ``reference`` (default: ``reference_solve``), from the best of the
+    family's ``START_SCHEDULES`` (and the DP grid, EDM family), refined by Nelder-Mead within ``max_evals`` sampler
+    runs, together with the sampler's ``FITTED`` coefficients that ``hyper`` does not fix and that have a default value.
     With ``teleport`` (and ``data_stats``) every run, the reference's too, is teleported and the grid spans
     [sigma_min, teleport]. With ``hf_tolerance`` (images; "auto": the family's ``DEFAULT_HF_TOLERANCE``),
     where that fit's endpoints' high-frequency energy lies outside ±hf_tolerance of the reference's, the search goes
@@ -226,6 +236,8 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
                         f"tune one of {', '.join(deterministic_samplers(family))}")
     if spec.stochastic or hyper.get("churn"):
         raise UserError(f"tune: '{sampler}' is stochastic; tune a deterministic sampler")
+    if distance not in DISTANCES:
+        raise UserError(f"tune: unknown endpoint distance {distance!r}: choose {' or '.join(DISTANCES)}")
     hf_tolerance = resolve_hf_tolerance(hf_tolerance, noise.shape, family)
     if hf_tolerance is not None and not (hf_tolerance >= 0 and noise.ndim == 4):
         raise UserError(f"tune: --hf-tolerance {hf_tolerance} needs a fraction >= 0 (0.1: within 10%) and image "
@@ -247,13 +259,14 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
             hf_tolerance = None
 
     def objective(levels: Tensor, coef: dict[str, float], rms_cap: float | None = None) -> float:
-        """The endpoint RMS; with ``rms_cap`` (sharpness search) times the sharpness factor and the wall above it."""
+        """The endpoint distance; with ``rms_cap`` (sharpness search) times the sharpness factor and the wall above
+        it."""
         nonlocal evaluations
         evaluations += 1
         grid = torch.cat([levels, levels.new_zeros(1)])
         out = sample(model, noise, sampler=sampler, nfe=nfe, sigmas=grid, process=process,
                      class_labels=class_labels, noise_fn=noise_fn, **shortcut, **hyper, **coef)
-        err = float((out - ref.endpoint).float().square().mean().sqrt())
+        err = endpoint_distance(out, ref.endpoint, distance)
         if not math.isfinite(err):
             return math.inf
         if rms_cap is not None:  # a steep but finite wall above the cap: Nelder-Mead can still rank what lies there
@@ -281,9 +294,9 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
             return levels, coef, value
         from scipy.optimize import minimize  # here, not above: `sample` imports this module, and scipy loads slowly
 
-        # Coefficients start at their defaults, often 0, where Nelder-Mead's own first step would be ~1e-4 of a unit;
-        # the sharpness search steps wide too, to leave the RMS fit's basin.
-        simplex = np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))]) if free or rms_cap is not None else None
+        # scipy's own first simplex steps 5% of each coordinate and 2.5e-4 where it is 0: a log-SNR start (all
+        # logits 0) or a coefficient at 0 would never leave the start.
+        simplex = np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))])
         result = minimize(lambda p: objective(*unpack(p), rms_cap), x0, method="Nelder-Mead",
                           options={"maxfev": evals, "xatol": 1e-3, "fatol": 1e-6, "initial_simplex": simplex})
         return (*unpack(result.x), float(result.fun)) if result.fun < value else (levels, coef, value)
