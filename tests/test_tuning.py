@@ -341,7 +341,8 @@ def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path)
     path = tiny_model_file(tmp_path, "edm")
     sched, saved, grid = tune_to_file(path, tmp_path, "ipndm")
     assert saved["protocol"]["sampler"] == "ipndm" and saved["protocol"]["nfe"] == 4
-    # the EDM family's default band
+    # the EDM family's default distance and band
+    assert saved["protocol"]["objective"].startswith("endpoint RMS to heun 127 NFE on the karras grid")
     assert "where the RMS fit's HF energy ratio lies outside 1 +- 0.1, then" in saved["protocol"]["objective"]
     assert_sample_takes_the_grid(path, tmp_path, "ipndm", sched, grid)
     assert main(["sample", str(path), "--sampler", "euler", "--nfe", "4", "--schedule", str(sched),
@@ -357,10 +358,11 @@ def test_tune_then_sample_eval_and_trajectories_take_the_schedule_file(tmp_path)
 
 
 def test_tune_a_psld_model_then_sample_with_its_time_grid(tmp_path):
-    """`fastdiffusion tune` on a tiny PSLD model fits a time grid (reference CSPS-D) that `sample` then takes."""
+    """`fastdiffusion tune` on a tiny PSLD model fits a time grid (reference CSPS-D, here by mean L2) that `sample`
+    then takes."""
     path = tiny_model_file(tmp_path, "psld")
-    sched, saved, grid = tune_to_file(path, tmp_path, "psld-conj")
-    assert saved["protocol"]["objective"].startswith("endpoint RMS to csps-d 255 NFE on the quadratic grid")
+    sched, saved, grid = tune_to_file(path, tmp_path, "psld-conj", "--distance", "mean-l2")
+    assert saved["protocol"]["objective"].startswith("mean endpoint L2 distance to csps-d 255 NFE on the quadratic")
     assert "HF energy" not in saved["protocol"]["objective"]  # no default band on PSLD models
     p = fd.load_model(path).process
     assert float(grid[0]) == pytest.approx(p.T) and float(grid[-2]) == pytest.approx(p.eval_eps) and grid[-1] == 0

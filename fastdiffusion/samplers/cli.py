@@ -46,16 +46,17 @@ def _tune(args: argparse.Namespace) -> None:
     with torch.no_grad():
         tuned = fit_schedule(model, sampler=args.sampler, nfe=args.nfe, noise=noise, max_evals=args.max_evals,
                              teleport=shortcut.get("teleport"), data_stats=shortcut.get("data_stats"),
-                             hf_tolerance=hf_tolerance, **hyper)
+                             hf_tolerance=hf_tolerance, distance=args.distance, **hyper)
     protocol = {"model": str(args.model), "model_sha256": digest, "ema": not args.raw, "sampler": args.sampler,
                 "nfe": args.nfe, "hyper": hyper, "tuning_seeds": format_seeds(seeds),
-                "objective": objective_description(model_family(model), hf_tolerance),
+                "objective": objective_description(model_family(model), hf_tolerance, args.distance),
                 "teleport": args.teleport, **({"data_stats": shortcut["data_stats"].describe()} if shortcut else {}),
                 "provenance": provenance(d.device)}
     save_schedule(args.out, tuned, protocol)
     fixed = ", ".join(f"{k} {v:.4g}" for k, v in tuned.start_values.items())
     coef = "".join(f", {k} = {v:.4g}" for k, v in tuned.hyper.items())
-    value = "endpoint RMS" if hf_tolerance is None else "endpoint RMS x sharpness factor"
+    value = "endpoint RMS" if args.distance == "rms" else "mean endpoint L2"
+    value += "" if hf_tolerance is None else " x sharpness factor"
     print(f"{args.sampler} at {args.nfe} NFE{coef}: {value} {tuned.value:.4g} (starts: {fixed}; "
           f"{tuned.evaluations} sampler runs) -> {args.out}")
     distributed.teardown()
@@ -63,6 +64,7 @@ def _tune(args: argparse.Namespace) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from .registry import deterministic_samplers
+    from .tuning import DISTANCES
 
     p = subparsers.add_parser("tune", help="fit a sampler's noise levels to one model",
                               description="Fit the noise levels (PSLD: times) of a deterministic sampler at a "
@@ -76,6 +78,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default=TUNING_SEEDS, help=f"tuning noise seeds (default {TUNING_SEEDS}: 256 seeds, "
                    "disjoint from sampling's defaults)")
     p.add_argument("--max-evals", type=positive_int, default=200, help="sampler runs of the search (default 200)")
+    p.add_argument("--distance", choices=DISTANCES, default=DISTANCES[0],
+                   help="endpoint distance the fit minimises: pooled RMS (default) or the mean per-sample L2 distance, "
+                        "which weighs a few far-off samples less")
     p.add_argument("--out", type=Path, default=Path("schedule.json"), help="where the schedule goes")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="sampler option, e.g. lam=-0.01")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
