@@ -58,9 +58,9 @@ class CompileCosts:
     calls (compile, CUDA-graph warm-up and recording) less three steady compiled calls; the speed-up is the median eager
     over the median compiled call, the smaller of the networks' (``COMPILE_COSTS`` says where its figures come from).
     Costs are a line in the network's module count (a proxy for the ops Dynamo traces) through ddpmpp-small at batch
-    64 and ddpmpp-cifar10 at batch 1024. A training
-    step of ddpmpp-small (digits32, batch 64) is measured the same way: its speed-up, and its cold compile cost over
-    the sampling network's is ``training_factor`` (forward and backward graphs).
+    64 and ddpmpp-cifar10 at batch 1024. A training step of ddpmpp-small (digits32, batch 64) is measured the same
+    way: its speed-up, and its cold compile cost over the sampling network's is ``training_factor`` (forward and
+    backward graphs).
     """
 
     speedup: float  # eager / compiled time of a sampling network call (CUDA graphs)

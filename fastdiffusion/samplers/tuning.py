@@ -53,10 +53,11 @@ RMS_WALL = 100.0
 # model it cost 7% FD at NFE 5 and stayed outside the band (docs/results.md, session 14).
 HF_TOLERANCE = 0.1
 DEFAULT_HF_TOLERANCE = {"edm": HF_TOLERANCE, "psld": None}
-DISTANCES = ("rms", "mean-l2")  # endpoint_distance's measures; a fit's objective is the first unless told
+Distance = Literal["rms", "mean-l2"]
+DISTANCES: tuple[Distance, ...] = ("rms", "mean-l2")  # endpoint_distance's measures; fits use the first unless told
 
 
-def endpoint_distance(x: Tensor, ref: Tensor, distance: str = "rms") -> float:
+def endpoint_distance(x: Tensor, ref: Tensor, distance: Distance = "rms") -> float:
     """``rms``: sqrt(mean (x - ref)^2) over all samples and entries; ``mean-l2``: mean over samples of ||x - ref||_2,
     which weighs a few far-off samples less."""
     diff = (x - ref).float().flatten(1)
@@ -80,7 +81,7 @@ def reference_description(family: str) -> str:
     return f"{sampler} {nfe} NFE on the {schedule} grid" + "".join(f", {k} = {v:g}" for k, v in options.items())
 
 
-def objective_description(family: str, hf_tolerance: float | None = None, distance: str = "rms") -> str:
+def objective_description(family: str, hf_tolerance: float | None = None, distance: Distance = "rms") -> str:
     """A fit's objective, for protocols: 'endpoint RMS to heun 127 NFE on the karras grid from the tuning noise'."""
     measure = "endpoint RMS" if distance == "rms" else "mean endpoint L2 distance"
     text = f"{measure} to {reference_description(family)} from the tuning noise"
@@ -217,7 +218,7 @@ class TunedSchedule:
 def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, process: Process | None = None,
                  class_labels: Tensor | None = None, reference: Reference | None = None, max_evals: int = 200,
                  teleport: float | None = None, data_stats: GaussianDataStats | None = None,
-                 hf_tolerance: float | Literal["auto"] | None = "auto", distance: str = "rms",
+                 hf_tolerance: float | Literal["auto"] | None = "auto", distance: Distance = "rms",
                  **hyper: object) -> TunedSchedule:
     """Fit the noise levels (PSLD: times) of ``sampler`` at ``nfe`` calls to ``model``'s own PF-ODE from ``noise``:
     the ``endpoint_distance`` (``distance``) to ``reference`` (default: ``reference_solve``), from the best of the
@@ -258,9 +259,9 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         if ref_hf == 0:  # flat reference images: no fine detail to keep
             hf_tolerance = None
 
-    def objective(levels: Tensor, coef: dict[str, float], rms_cap: float | None = None) -> float:
-        """The endpoint distance; with ``rms_cap`` (sharpness search) times the sharpness factor and the wall above
-        it."""
+    def objective(levels: Tensor, coef: dict[str, float], distance_cap: float | None = None) -> float:
+        """The endpoint distance; with ``distance_cap`` (sharpness search) times the sharpness factor and the wall
+        above the cap."""
         nonlocal evaluations
         evaluations += 1
         grid = torch.cat([levels, levels.new_zeros(1)])
@@ -269,9 +270,9 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         err = endpoint_distance(out, ref.endpoint, distance)
         if not math.isfinite(err):
             return math.inf
-        if rms_cap is not None:  # a steep but finite wall above the cap: Nelder-Mead can still rank what lies there
+        if distance_cap is not None:  # a steep but finite wall above it: Nelder-Mead can still rank what lies there
             err *= ((1 + SHARPNESS_WEIGHT * outside_band(hf_energy(out) / ref_hf, hf_tolerance))
-                    * (1 + RMS_WALL * max(0.0, err / rms_cap - 1)))
+                    * (1 + RMS_WALL * max(0.0, err / distance_cap - 1)))
         return err
 
     starts = {name: make_sigmas(name, steps, lo, hi)[:-1] for name in START_SCHEDULES[family]}
@@ -282,7 +283,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
     n_z = steps - 2 if steps >= 3 else 0
 
     def refine(levels: Tensor, coef: dict[str, float], value: float, evals: int,
-               rms_cap: float | None = None) -> tuple[Tensor, dict[str, float], float]:
+               distance_cap: float | None = None) -> tuple[Tensor, dict[str, float], float]:
         """Nelder-Mead from (levels, coef) of objective ``value`` within ``evals`` runs; the start if it stays best."""
         def unpack(p: np.ndarray) -> tuple[Tensor, dict[str, float]]:
             return (levels_from_logits(p[:n_z], lo, hi) if n_z else levels,
@@ -297,7 +298,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
         # scipy's own first simplex steps 5% of each coordinate and 2.5e-4 where it is 0: a log-SNR start (all
         # logits 0) or a coefficient at 0 would never leave the start.
         simplex = np.vstack([x0, x0 + SIMPLEX_STEP * np.eye(len(x0))])
-        result = minimize(lambda p: objective(*unpack(p), rms_cap), x0, method="Nelder-Mead",
+        result = minimize(lambda p: objective(*unpack(p), distance_cap), x0, method="Nelder-Mead",
                           options={"maxfev": evals, "xatol": 1e-3, "fatol": 1e-6, "initial_simplex": simplex})
         return (*unpack(result.x), float(result.fun)) if result.fun < value else (levels, coef, value)
 
