@@ -11,18 +11,9 @@ mkdir -p "$OUT" "$RES"
 export PYTHONPATH=$PWD FASTDIFFUSION_GIT_COMMIT=${FASTDIFFUSION_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 models=${*:-"edm fdm-edm cunet"}
 for m in $models; do
-  case $m in
-    edm) args="--process edm --net ddpmpp-small" ;;
-    fdm-edm) args="--process fdm-edm --net ddpmpp-small" ;;
-    cunet) args="--process edm --net cunet-small-euler2" ;;
-  esac
-  run=/tmp/runs/$m
-  rm -rf "$run"
   start=$(date +%s)
-  python -m fastdiffusion.cli train --data digits32 --data-split train $args --batch ${BATCH:-256} \
-      --steps ${STEPS:-1200} --ckpt-every ${STEPS:-1200} --run-dir "$run" --quiet > "$RES/train-$m.log" 2>&1
-  echo "$m trained in $(( $(date +%s) - start )) s"
-  cp "$run/config.json" "$RES/config-$m.json"
+  bash benchmarks/samplers_trained/train.sh "$m" "$RES"
+  run=/tmp/runs/$m
   python -m fastdiffusion.cli bench samplers "$run" --tune-nfe ${TUNE_NFE:-4,5} --out "$RES/$m" ${BENCH_ARGS:-} \
       > "$RES/bench-$m.log" 2>&1
   echo "$m benchmarked in $(( $(date +%s) - start )) s"
