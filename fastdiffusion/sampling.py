@@ -80,13 +80,18 @@ def check_sampler_args(sampler: str, nfe: int, hyper: dict, afs: bool = False) -
             near = " or ".join(str(n) for n in (nfe - 1, nfe + 1) if valid(n))
             raise UserError(f"--afs runs {sampler} on a grid of NFE + 1 = {nfe + 1} denoiser calls (the first one "
                             f"analytic), which {sampler} cannot make" + (f": use --nfe {near}" if near else ""))
-    else:
-        spec.steps(nfe)
+    steps = spec.steps(nfe + 1 if afs else nfe)
     unknown = set(hyper) - set(spec.hyper)
     if unknown:
         raise UserError(f"sampler '{sampler}' has no option {', '.join(sorted(unknown))}; it takes "
                         f"{', '.join(spec.hyper) or 'none'}")
-    for key, value in hyper.items():  # every sampler option is a number (an integer where its default is one)
+    for key, value in hyper.items():  # a number (an integer where its default is one), or one per step
+        if key in spec.per_step:
+            if value is not None and (isinstance(value, (str, bytes)) or len(torch.as_tensor(value).reshape(-1))
+                                      != steps or not bool(torch.as_tensor(value).isfinite().all())):
+                raise UserError(f"sampler '{sampler}' option {key} takes {steps} finite numbers at NFE {nfe}, one "
+                                f"per step (from `fastdiffusion tune --learn`)")
+            continue
         kind = numbers.Integral if isinstance(spec.hyper[key], int) else numbers.Real
         if isinstance(value, bool) or not isinstance(value, kind) and not (value is None and spec.hyper[key] is None):
             raise UserError(f"--opt {key}={value}: sampler '{sampler}' option {key} takes "
@@ -99,7 +104,8 @@ def check_grid(sigmas: Tensor | list[float], steps: int, what: str) -> Tensor:
     grid = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).cpu()
     if len(grid) != steps + 1:
         raise UserError(f"{what} takes {steps + 1} noise levels (ending in 0), got {len(grid)}")
-    if float(grid[-1]) != 0 or not bool((grid[:-1] > grid[1:]).all()):
+    levels = grid.detach()
+    if float(levels[-1]) != 0 or not bool((levels[:-1] > levels[1:]).all()):
         raise UserError(f"the noise levels for {what} must decrease strictly and end in 0")
     return grid
 
@@ -111,8 +117,10 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
            guidance_interval: Interval | None = None, noise_fn: Callable[[Tensor], Tensor] | None = None,
            callback: Callable[[dict], None] | None = None, progress: bool = False, process: Process | None = None,
            sigmas: Tensor | None = None, teleport: float | None = None, afs: bool = False,
-           data_stats: GaussianDataStats | str | Path | None = None, **hyper: Any) -> Tensor:
-    """Generate data from standard-normal ``noise`` with exactly ``nfe`` calls of ``model``.
+           data_stats: GaussianDataStats | str | Path | None = None, differentiable: bool = False,
+           **hyper: Any) -> Tensor:
+    """Generate data from standard-normal ``noise`` with exactly ``nfe`` calls of ``model``; without autograd unless
+    ``differentiable`` (a fit by gradient through the sampler, ``samplers.learned``).
 
     ``model`` is a ``ProcessModel`` (its process sets the sigma range, the prior and the sampler family) or any callable
     ``D(x, sigma[, labels])`` returning the denoised ``x_0`` estimate, sampled as an EDM-family model on EDM's range
@@ -158,7 +166,8 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
     else:
         x = process.prior(noise.float(), torch.tensor(start, dtype=torch.float64), noise_fn or torch.randn_like)
         x = process.gaussian_transport(stats, x, start, float(sigmas[0]))
-    x = run_counted(plan.spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback, **hyper)
+    x = run_counted(plan.spec, den, x, sigmas.to(x.device), nfe, noise=noise_fn, callback=callback,
+                    differentiable=differentiable, **hyper)
     bar.close()
     return process.data_part(x)
 

@@ -15,7 +15,9 @@ Protocol (written into results.json):
 * Ours: every ``deterministic_edm_samplers()`` entry on the Karras (rho 7) and log-SNR grids (the default schedule is
   one of them) and on the grid (and lambda-DDIM's lam) that ``fit_schedule`` fits to the exact denoiser from the tuning
   noise (``--max-evals`` sampler runs; reference: the library's own Heun-127 solve, or with ``--tune-reference exact``
-  the exact endpoints of the tuning points). Runs are float64 through ``run_counted`` (exactly NFE calls).
+  the exact endpoints of the tuning points); with ``--learn`` also the grid and per-step parameters that
+  ``learn_schedule`` learns from the same noise and reference. Runs are float64 through ``run_counted`` (exactly NFE
+  calls).
 * Peers: k-diffusion's deterministic samplers on its Karras (rho 7) and exponential grids, built by
   ``get_sigmas_karras`` / ``get_sigmas_exponential`` in float64, ``dpm_fast`` on its own log-SNR grid; diffusers' EDM
   schedulers and its UniPC / DEIS multistep schedulers on the same two grids. Every peer's network calls are counted
@@ -54,6 +56,7 @@ from fastdiffusion.data.gmm import GaussianMixture  # noqa: E402
 from fastdiffusion.processes import EDM  # noqa: E402
 from fastdiffusion.samplers import get_sampler, make_sigmas  # noqa: E402
 from fastdiffusion.samplers.counted import CountedModel, run_counted  # noqa: E402
+from fastdiffusion.samplers.learned import ITERATIONS, learn_schedule, learnable_samplers  # noqa: E402
 from fastdiffusion.samplers.registry import deterministic_edm_samplers  # noqa: E402
 from fastdiffusion.samplers.tuning import DISTANCES, fit_schedule, reference_solve  # noqa: E402
 
@@ -452,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-distance", choices=DISTANCES, default="rms",
                    help="fit_schedule's endpoint distance: pooled RMS (its default) or mean L2 (this script's metric)")
     p.add_argument("--no-fit", action="store_true", help="fixed schedules only")
+    p.add_argument("--learn", action="store_true", help="also learn_schedule's grid and per-step parameters for the "
+                   "samplers that have them (rows 'learned'; same reference and distance as the fits)")
+    p.add_argument("--learn-iterations", type=int, default=ITERATIONS, help="learn_schedule's gradient steps")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--tag", default="", help="suffix of the output files (results{tag}.json / .md)")
     args = p.parse_args(argv)
@@ -508,6 +514,23 @@ def main(argv: list[str] | None = None) -> int:
                                  "hyper": fit.hyper, "tune_value": fit.value, "start": fit.start,
                                  "start_values": fit.start_values, "evaluations": fit.evaluations,
                                  "eval_error": err, "seconds": round(time.perf_counter() - t1, 2)})
+                if args.learn and name in learnable_samplers():
+                    for nfe in nfes:
+                        if nfe < 2:
+                            continue
+                        t1 = time.perf_counter()
+                        fit = learn_schedule(prob.model, sampler=name, nfe=nfe, noise=prob.tune_noise,
+                                             process=PROCESS, reference=ref, iterations=args.learn_iterations,
+                                             distance=args.fit_distance)
+                        x = run_ours(prob.model, prob.start, name, fit.sigmas, nfe, **fit.hyper)
+                        err = score(x, prob)
+                        rows.append({"problem": prob.name, "dim": dim, "who": "ours", "sampler": name,
+                                     "schedule": "learned", "fixed": False, "nfe": nfe, "error": err})
+                        fits.append({"problem": prob.name, "sampler": name, "nfe": nfe, "learned": True,
+                                     "sigmas": fit.sigmas.tolist(), "hyper": fit.hyper, "tune_value": fit.value,
+                                     "start": fit.start, "start_values": fit.start_values,
+                                     "evaluations": fit.evaluations, "eval_error": err,
+                                     "seconds": round(time.perf_counter() - t1, 2)})
             log(f"  fits done ({time.perf_counter() - t0:.0f} s)")
         # peers
         for peer in peers:
@@ -544,12 +567,14 @@ def main(argv: list[str] | None = None) -> int:
             "sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO, "nfe": list(nfes), "target_nfe": TARGET_NFES,
             "target_ratio": TARGET, "n_eval": args.n_eval, "n_tune": args.n_tune, "max_evals": args.max_evals,
             "tune_reference": args.tune_reference, "fit_distance": args.fit_distance, "fit": not args.no_fit,
+            "learn": args.learn and not args.no_fit, "learn_iterations": args.learn_iterations if args.learn else None,
             "eval_noise": "x_T = 80 randn(n_eval, D) from seed 1000 seed + 1",
             "tune_noise": "randn(n_tune, D) from seed 1000 seed + 2 (fit_schedule scales it by 80)",
             "exact": "bench.edm_exact.exact_endpoint: DOP853 in u = ln sigma, rtol = atol = 1e-10, then "
                      "D(x; sigma_min); peers ending at x(sigma_min) (target 'state') against that solve's x(sigma_min)",
             "error": "mean over evaluation points of ||x - x_exact||_2, float64",
-            "ours": ours, "ours_schedules": "karras, logsnr (the default is one of them), fitted",
+            "ours": ours, "ours_schedules": "karras, logsnr (the default is one of them), fitted"
+                                            + (", learned (grid and per-step parameters)" if args.learn else ""),
             "peers": [{"peer": pr.label, "grids": list(pr.grids), "target": pr.target} for pr in peers],
             "not_driven": NOT_DRIVEN},
         "problems": problems, "summary": summary, "verdict": verdict, "sanity": sanity_out, "rows": rows,

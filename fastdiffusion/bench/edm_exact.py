@@ -24,7 +24,7 @@ class MixtureDenoiser:
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
         if len(sigma) > 1 and not bool((sigma == sigma[0]).all()):  # one sigma per row: the reference evaluation
             return self.mixture.denoise(x, sigma)
-        s2 = float(sigma[0]) ** 2
+        s2 = sigma[0].square()  # a tensor: a fit by gradient differentiates through sigma
         flat = x.reshape(len(x), -1).to(torch.float64)
         inv = 1.0 / (self.var + s2)  # (K, D)
         mu_inv = self.mu * inv

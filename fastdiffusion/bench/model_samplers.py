@@ -27,6 +27,7 @@ from ..models import ProcessModel
 from ..plots import figure, save_figure
 from ..processes.gaussian_data import GaussianDataStats
 from ..samplers import get_sampler, make_sigmas
+from ..samplers.learned import ITERATIONS, learn_schedule, learnable_samplers
 from ..samplers.tuning import (
     HF_TOLERANCE,  # a grid counts as sharp when its HF energy is within this of the reference's (issue 20)
     fit_schedule,
@@ -44,7 +45,9 @@ SAMPLERS = {"edm": ("dpmpp-2m", "dpmpp-3m", "unipc", "ipndm", "lambda-ddim"),
             "psld": ("psld-conj", "csps-d", "rse", "rvv")}
 SCHEDULES = {"edm": ("karras", "logsnr", "model"), "psld": ("quadratic", "time-uniform", "model")}
 REFERENCE = {"edm": ("heun", 35), "psld": ("csps-d", 100)}
-FITTED_SCHEDULES = ("model", "model+afs")  # the schedules fitted to the model; 'model+afs' needs the data statistics
+# The schedules fitted to the model; 'model+afs' needs the data statistics, 'learned' learns per-step parameters too
+# (samplers.learned: DPM-Solver++ samplers only).
+FITTED_SCHEDULES = ("model", "model+afs", "learned")
 NFES = (4, 5, 6, 8, 10)
 EVAL_SEEDS = "100000-100999"
 TUNING_SEEDS = "1000000-1000255"
@@ -62,10 +65,12 @@ def trained_on_digits(path: str | Path) -> bool:
 def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str], nfes: Sequence[int],
         eval_seeds: list[int], tuning_seeds: list[int], tune_nfes: Sequence[int], batch: int, max_evals: int,
         device: torch.device, digits: bool, data_stats: GaussianDataStats | None = None,
-        teleport: float | None = None, hf_tolerance: float | Literal["auto"] | None = "auto") -> dict:
+        teleport: float | None = None, hf_tolerance: float | Literal["auto"] | None = "auto",
+        learn_iterations: int = ITERATIONS) -> dict:
     """The table's rows (one per sampler × schedule × NFE that the sampler can make), with the family's reference;
     ``data_stats`` for the ``model+afs`` schedule and for ``teleport``, which every run (the reference's and the
-    fits' too) then starts with; ``hf_tolerance`` for the fits (``fit_schedule``)."""
+    fits' too) then starts with; ``hf_tolerance`` for the fits (``fit_schedule``), ``learn_iterations`` for the
+    ``learned`` rows (``learn_schedule``)."""
     from ..metrics.digits_classifier import fd_digits
 
     lo, hi = sampling_range(model)
@@ -86,7 +91,9 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                  "seconds": time.perf_counter() - t0}
     tune_noise = SeededNoise(tuning_seeds).randn(model.data_shape, device)
     tune_ref = reference_solve(model, tune_noise, **shortcut) if set(FITTED_SCHEDULES) & set(schedules) else None
-    fits: dict[tuple[str, int], dict] = {}  # (--samplers entry, calls) -> the fitted grid and its tuning record
+    # (--samplers entry, calls, learned) -> the fitted grid and its tuning record
+    fits: dict[tuple[str, int, bool], dict] = {}
+    learnable = learnable_samplers()
     rows = []
     for label in samplers:
         name, options = sampler_entry(label)
@@ -97,8 +104,8 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
             except UserError:
                 continue
             for schedule in schedules:
-                afs = schedule == "model+afs"
-                if schedule in FITTED_SCHEDULES and nfe not in tune_nfes:
+                afs, learned = schedule == "model+afs", schedule == "learned"
+                if schedule in FITTED_SCHEDULES and nfe not in tune_nfes or learned and name not in learnable:
                     continue
                 if afs:
                     try:
@@ -107,18 +114,23 @@ def run(model: ProcessModel, *, samplers: Sequence[str], schedules: Sequence[str
                         continue
                 row: dict = {"sampler": label, "schedule": schedule, "nfe": nfe,
                              **({"sampler_options": options} if options else {})}
-                hyper: dict[str, float] = dict(options)
+                hyper: dict = dict(options)
                 if schedule in FITTED_SCHEDULES:
                     calls = nfe + afs
-                    if (label, calls) not in fits:  # the grid is fitted for the sampler with its options
+                    if (label, calls, learned) not in fits:  # the grid is fitted for the sampler with its options
                         t0 = time.perf_counter()
-                        tuned = fit_schedule(model, sampler=name, nfe=calls, noise=tune_noise, reference=tune_ref,
-                                             max_evals=max_evals, hf_tolerance=hf_tolerance, **shortcut,
-                                             **options)
-                        fits[label, calls] = {"sigmas": tuned.sigmas, "hyper": tuned.hyper,
-                                              "tuning_seconds": time.perf_counter() - t0, "tuning_value": tuned.value,
-                                              "tuning_start": tuned.start, "tuning_evaluations": tuned.evaluations}
-                    fit = fits[label, calls]
+                        if learned:
+                            tuned = learn_schedule(model, sampler=name, nfe=calls, noise=tune_noise,
+                                                   reference=tune_ref, iterations=learn_iterations, **options)
+                        else:
+                            tuned = fit_schedule(model, sampler=name, nfe=calls, noise=tune_noise, reference=tune_ref,
+                                                 max_evals=max_evals, hf_tolerance=hf_tolerance, **shortcut,
+                                                 **options)
+                        fits[label, calls, learned] = {
+                            "sigmas": tuned.sigmas, "hyper": tuned.hyper, "tuning_seconds": time.perf_counter() - t0,
+                            "tuning_value": tuned.value, "tuning_start": tuned.start,
+                            "tuning_evaluations": tuned.evaluations}
+                    fit = fits[label, calls, learned]
                     sigmas, hyper = fit["sigmas"], {**options, **fit["hyper"]}
                     row.update({k: v for k, v in fit.items() if k != "sigmas"}, tuning_nfe=calls)
                 else:
@@ -262,13 +274,15 @@ def main(args: argparse.Namespace) -> dict:
                         "--data-stats")
     if args.teleport is not None:  # before the long reference solve
         check_teleport_level(args.teleport, *sampling_range(model))
+        if "learned" in schedules:
+            raise UserError("--schedules learned: learned fits start from sigma_max; drop --teleport or 'learned'")
     data_stats = resolve_data_stats(args.model, args.data_stats, model.data_shape) if gaussian else None
     hf_tolerance = resolve_hf_tolerance(args.hf_tolerance, (1, *model.data_shape), model.family)
     with torch.no_grad():
         result = run(model, samplers=samplers, schedules=schedules, nfes=args.nfe, eval_seeds=eval_seeds,
                      tuning_seeds=tuning_seeds, tune_nfes=args.tune_nfe or args.nfe, batch=args.batch,
                      max_evals=args.max_evals, device=d.device, digits=digits, data_stats=data_stats,
-                     teleport=args.teleport, hf_tolerance=hf_tolerance)
+                     teleport=args.teleport, hf_tolerance=hf_tolerance, learn_iterations=args.learn_iterations)
     fd = f"FD-digits vs the digits test split at {model.data_shape[-1]} px" if digits else None
     result["protocol"] = {"model": str(args.model), "eval_seeds": format_seeds(eval_seeds),
                           "tuning_seeds": format_seeds(tuning_seeds), "fd": fd,

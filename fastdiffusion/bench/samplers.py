@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli_args import add_hf_tolerance_argument
+from ..cli_args import add_hf_tolerance_argument, positive_int
 from ..errors import UserError
 from ..samplers import deterministic_edm_samplers
 from . import model_samplers, report
@@ -105,7 +105,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--schedules", help="comma list (default " + "; ".join(
                    f"{family}: {','.join(names)}" for family, names in model_samplers.SCHEDULES.items())
                    + "; 'model' fits the grid to the model per sampler and NFE; 'model+afs' runs the "
-                   "grid fitted for NFE + 1 calls with an analytic first step)")
+                   "grid fitted for NFE + 1 calls with an analytic first step; 'learned' learns the grid and "
+                   "per-step parameters of DPM-Solver++ samplers by gradient, as `tune --learn`)")
     m.add_argument("--teleport", type=float, metavar="SIGMA", help="start every run (the reference's and the fits' "
                    "too) by the exact flow of Gaussian data down to SIGMA (PSLD: a time), all NFE below it")
     m.add_argument("--data-stats", metavar="DATA|FILE", help="data mean and covariance for 'model+afs' and "
@@ -116,6 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--tune-nfe", type=int_list, help="NFEs at which 'model' and 'model+afs' rows are fitted "
                    "(default: all)")
     m.add_argument("--max-evals", type=int, default=200, help="sampler runs per fitted schedule")
+    m.add_argument("--learn-iterations", type=positive_int, default=model_samplers.ITERATIONS,
+                   help=f"gradient steps per 'learned' row (default {model_samplers.ITERATIONS})")
     add_hf_tolerance_argument(m)
     m.add_argument("--batch", type=int, default=1000, help="samples per batch")
     m.add_argument("--device", default="auto")

@@ -29,11 +29,13 @@ class CountedModel:
 
 
 def run_counted(spec: SamplerSpec, model: CountedModel, x: Tensor, sigmas: Tensor, nfe: int, *,
-                noise: Noise | None = None, callback: Callback = None, **hyper: object) -> Tensor:
-    """``spec.fn(model, x, sigmas, ...)`` with the spec's default hyperparameters under ``hyper``; raises unless the
-    run made exactly ``nfe`` calls of ``model``."""
+                noise: Noise | None = None, callback: Callback = None, differentiable: bool = False,
+                **hyper: object) -> Tensor:
+    """``spec.fn(model, x, sigmas, ...)`` with the spec's default hyperparameters under ``hyper``, without autograd
+    unless ``differentiable``; raises unless the run made exactly ``nfe`` calls of ``model``."""
     start = model.calls
-    out = spec.fn(model, x, sigmas, noise=noise, callback=callback, **{**spec.hyper, **hyper})
+    with torch.set_grad_enabled(differentiable):
+        out = spec.fn(model, x, sigmas, noise=noise, callback=callback, **{**spec.hyper, **hyper})
     if model.calls - start != nfe:
         raise RuntimeError(f"sampler '{spec.name}' made {model.calls - start} network calls, not the {nfe} it reports")
     return out

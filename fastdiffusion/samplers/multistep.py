@@ -1,7 +1,8 @@
 """Multistep EDM-family samplers in ``lambda = -ln sigma``: DDIM, DPM-Solver++ (2M, 3M), UniPC (bh2) and iPNDM.
 
 One network call per step; the step to sigma = 0 returns the last denoiser output, so NFE = len(sigmas) - 1.
-Weights w_k, order schedule and derivations: docs/samplers.md, "Multistep solvers".
+Weights w_k, order schedule and derivations: docs/samplers.md, "Multistep solvers". DDIM and DPM-Solver++ are
+differentiable in their grid and per-step parameters (``samplers.learned`` fits them by gradient).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ def half_log_snr(sigmas: Tensor) -> list[float]:
     return [-math.log(s) for s in sigmas.tolist() if s > 0]
 
 
-def phi_weights(h: float, n: int) -> list[float]:
-    """``w_k(h) = int_0^h e^{-(h-tau)} tau^k/k! dtau = h^{k+1} phi_{k+1}(-h)``, k < n."""
-    return [h ** (k + 1) * float(phi(k + 1, -h)) for k in range(n)]
+def phi_weights(h: float | Tensor, n: int) -> list:
+    """``w_k(h) = int_0^h e^{-(h-tau)} tau^k/k! dtau = h^{k+1} phi_{k+1}(-h)``, k < n (floats for a float h)."""
+    w = [h ** (k + 1) * phi(k + 1, -h) for k in range(n)]
+    return w if isinstance(h, Tensor) else [float(v) for v in w]
 
 
 def _solve(rows: list[list[float]], rhs: list[float]) -> list[float]:
@@ -53,59 +55,72 @@ def _order(order: int, i: int, n_steps: int) -> int:
     return max(1, min(order, i + 1, final))
 
 
-@torch.no_grad()
 def ddim(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None = None,
          callback: Callback = None) -> Tensor:
     """DDIM = DPM-Solver++(1): ``x_{i+1} = r x_i + (1 - r) D_i``, ``r = sigma_{i+1}/sigma_i`` (Euler for s = 1)."""
     return dpmpp_multistep(denoiser, x, sigmas, noise=noise, callback=callback, order=1)
 
 
-@torch.no_grad()
 def dpmpp_multistep(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None = None,
-                    callback: Callback = None, order: int = 2) -> Tensor:
-    """DPM-Solver++(kM), data prediction, k = ``order`` <= 3 (Lu et al. 2022, arXiv 2211.01095); 3M in Taylor form."""
-    sig, hls = sigmas.tolist(), half_log_snr(sigmas)
+                    callback: Callback = None, order: int = 2, call_sigmas: Sequence[float] | Tensor | None = None,
+                    corrections: Sequence[float] | Tensor | None = None) -> Tensor:
+    """DPM-Solver++(kM), data prediction, k = ``order`` <= 3 (Lu et al. 2022, arXiv 2211.01095); 3M in Taylor form.
+    Step i asks the network at ``call_sigmas[i]`` (LD3's decoupled level; default sigma_i) and scales its terms above
+    first order by 1 + ``corrections[i]`` (default 0)."""
+    sig = sigmas.tolist()
     n_steps = len(sig) - 1
-    order = stable_order(order, hls)
+    # The step coefficients are floats unless a fit differentiates through them; then they stay on x's device.
+    device = sigmas.device if torch.is_grad_enabled() else torch.device("cpu")
+    hls = -torch.log(sigmas[:n_steps].to(device))
+    order = stable_order(order, hls.tolist())
+    calls = sigmas if call_sigmas is None else torch.as_tensor(call_sigmas, dtype=sigmas.dtype)
+    scale = None if corrections is None else 1 + torch.as_tensor(corrections, dtype=torch.float64, device=device)
     history: list[Tensor] = []
     for i in range(n_steps):
-        denoised = denoiser(x, sigmas[i])
+        denoised = denoiser(x, calls[i])
         history = [denoised, *history[:2]]
         if sig[i + 1] == 0:  # the step to sigma = 0 is the denoised output (docs/samplers.md)
             x = denoised
         else:
-            x = _dpmpp_update(x, history, hls[max(0, i - 2):i + 2][::-1], _order(order, i, n_steps))
+            x = _dpmpp_update(x, history, hls[max(0, i - 2):i + 2].flip(0), _order(order, i, n_steps),
+                              1.0 if scale is None else _coefficient(scale[i]))
         step_info(callback, i=i, x=x, sigma=sigmas[i], denoised=denoised)
     return x
 
 
-def _dpmpp_update(x: Tensor, d: Sequence[Tensor], hls: Sequence[float], order: int) -> Tensor:
-    """One DPM-Solver++ step; ``d = [D_i, D_{i-1}, ...]``, ``hls = [lambda_{i+1}, lambda_i, lambda_{i-1}, ...]``."""
-    h = hls[0] - hls[1]
+def _coefficient(c: Tensor) -> Tensor | float:
+    """A step coefficient as a float, so that sampling launches no kernel for it, unless a fit needs its gradient."""
+    return c if c.requires_grad else float(c)
+
+
+def _dpmpp_update(x: Tensor, d: Sequence[Tensor], hls: Tensor, order: int, scale: Tensor | float = 1.0) -> Tensor:
+    """One DPM-Solver++ step; ``d = [D_i, D_{i-1}, ...]``, ``hls = [lambda_{i+1}, lambda_i, lambda_{i-1}, ...]``; the
+    terms above first order times ``scale``."""
+    h = _coefficient(hls[0] - hls[1])
     w = phi_weights(h, 3)
-    x = math.exp(-h) * x + w[0] * d[0]
+    x = _coefficient(torch.exp(hls[1] - hls[0])) * x + w[0] * d[0]
     if order == 2:
-        r = (hls[1] - hls[2]) / h
-        x = x + (w[0] / (2 * r)) * (d[0] - d[1])
+        r = _coefficient(hls[1] - hls[2]) / h
+        x = x + (scale * w[0] / (2 * r)) * (d[0] - d[1])
     elif order >= 3:
-        h1, h2 = hls[1] - hls[2], hls[2] - hls[3]
+        h1, h2 = _coefficient(hls[1] - hls[2]), _coefficient(hls[2] - hls[3])
         f01, f12 = (d[0] - d[1]) / h1, (d[1] - d[2]) / h2
         f012 = (f01 - f12) / (h1 + h2)
         # w_2 D'' with D'' = 2 f012: 3rd order; DPM-Solver's 3M weight w_2 f012 is 2nd order (docs/samplers.md)
-        x = x + w[1] * (f01 + h1 * f012) + (2 * w[2]) * f012
+        x = x + scale * (w[1] * (f01 + h1 * f012) + (2 * w[2]) * f012)
     return x
 
 
 def dpmpp_2m(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None = None,
-             callback: Callback = None) -> Tensor:
+             callback: Callback = None, **per_step: Sequence[float] | Tensor | None) -> Tensor:
     """DPM-Solver++(2M): ``dpmpp_multistep`` with order 2 (k-diffusion's ``sample_dpmpp_2m``)."""
-    return dpmpp_multistep(denoiser, x, sigmas, noise=noise, callback=callback, order=2)
+    return dpmpp_multistep(denoiser, x, sigmas, noise=noise, callback=callback, order=2, **per_step)
 
 
 def dpmpp_3m(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None = None,
-             callback: Callback = None) -> Tensor:
+             callback: Callback = None, **per_step: Sequence[float] | Tensor | None) -> Tensor:
     """DPM-Solver++(3M): ``dpmpp_multistep`` with order 3."""
-    return dpmpp_multistep(denoiser, x, sigmas, noise=noise, callback=callback, order=3)
+    return dpmpp_multistep(denoiser, x, sigmas, noise=noise, callback=callback, order=3, **per_step)
 
 
 def unipc_coefficients(h: float, rs: Sequence[float]) -> list[float]:
@@ -177,12 +192,14 @@ def ipndm(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Noise | None =
 
 register(SamplerSpec("ddim", ddim, one_call_per_step,
                      "DDIM = DPM-Solver++(1), 1st-order data-prediction exponential integrator (= euler for s = 1)"))
+# DPM-Solver++'s per-step parameters, one value per step, which `fastdiffusion tune --learn` fits (samplers.learned).
+DPMPP_PER_STEP = {"call_sigmas": None, "corrections": None}
 register(SamplerSpec("dpmpp-2m", dpmpp_2m, one_call_per_step,
                      "DPM-Solver++(2M): 2nd-order multistep, data prediction, in lambda = -ln sigma",
-                     schedule="logsnr"))
+                     schedule="logsnr", hyper=DPMPP_PER_STEP, per_step=tuple(DPMPP_PER_STEP)))
 register(SamplerSpec("dpmpp-3m", dpmpp_3m, one_call_per_step,
                      "DPM-Solver++(3M): 3rd-order multistep, data prediction, in lambda = -ln sigma",
-                     schedule="logsnr"))
+                     schedule="logsnr", hyper=DPMPP_PER_STEP, per_step=tuple(DPMPP_PER_STEP)))
 register(SamplerSpec("unipc", unipc, one_call_per_step,
                      "UniPC (bh2, data prediction) predictor-corrector, order up to 3 (option order=1..3)",
                      schedule="logsnr", hyper={"order": 3}))

@@ -40,7 +40,8 @@ def step_info(callback: Callback, **info: object) -> None:
 @dataclass(frozen=True)
 class SamplerSpec:
     """A sampler ``fn`` and how to drive it: ``steps(nfe)`` is the number of sigma intervals giving exactly ``nfe``
-    network calls (or a UserError), ``schedule`` the default discretisation, ``hyper`` the default hyperparameters."""
+    network calls (or a UserError), ``schedule`` the default discretisation, ``hyper`` the default hyperparameters,
+    ``per_step`` those of them that take one value per step (a sequence), not a number."""
 
     name: str
     fn: Callable
@@ -50,6 +51,7 @@ class SamplerSpec:
     stochastic: bool = False
     family: str = "edm"
     hyper: dict = field(default_factory=dict)
+    per_step: tuple[str, ...] = ()
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}

@@ -57,11 +57,16 @@ Distance = Literal["rms", "mean-l2"]
 DISTANCES: tuple[Distance, ...] = ("rms", "mean-l2")  # endpoint_distance's measures; fits use the first unless told
 
 
-def endpoint_distance(x: Tensor, ref: Tensor, distance: Distance = "rms") -> float:
+def endpoint_gap(x: Tensor, ref: Tensor, distance: Distance = "rms") -> Tensor:
     """``rms``: sqrt(mean (x - ref)^2) over all samples and entries; ``mean-l2``: mean over samples of ||x - ref||_2,
-    which weighs a few far-off samples less."""
+    which weighs a few far-off samples less (a 0-dim tensor, differentiable in ``x``)."""
     diff = (x - ref).float().flatten(1)
-    return float(diff.square().mean().sqrt() if distance == "rms" else diff.norm(dim=1).mean())
+    return diff.square().mean().sqrt() if distance == "rms" else diff.norm(dim=1).mean()
+
+
+def endpoint_distance(x: Tensor, ref: Tensor, distance: Distance = "rms") -> float:
+    """``endpoint_gap`` as a float."""
+    return float(endpoint_gap(x, ref, distance))
 
 
 @dataclass(frozen=True)
@@ -184,14 +189,14 @@ def dp_grid(ref: Reference, n: int) -> Tensor:
     return torch.tensor([s[i] for i in reversed(picks)], dtype=torch.float64)
 
 
-def levels_from_logits(z: np.ndarray, lo: float, hi: float) -> Tensor:
+def levels_from_logits(z: np.ndarray | Tensor, lo: float, hi: float) -> Tensor:
     """Positive levels ``hi .. lo`` whose ln-sigma decrements are ``L (MIN_STEP + (1 - k MIN_STEP) softmax([0, z]))``,
-    L = ln(hi/lo), k = len(z) + 1: any real ``z`` gives a strictly decreasing grid with fixed ends."""
-    logits = np.concatenate([[0.0], z])
-    w = np.exp(logits - logits.max())
-    frac = MIN_STEP + (1 - len(w) * MIN_STEP) * w / w.sum()
-    u = math.log(hi) - math.log(hi / lo) * np.cumsum(frac)
-    return torch.from_numpy(np.concatenate([[hi], np.exp(u[:-1]), [lo]]))
+    L = ln(hi/lo), k = len(z) + 1: any real ``z`` gives a strictly decreasing grid with fixed ends (differentiable
+    in a tensor ``z``)."""
+    z = torch.as_tensor(z, dtype=torch.float64)
+    frac = MIN_STEP + (1 - (len(z) + 1) * MIN_STEP) * torch.softmax(torch.cat([z.new_zeros(1), z]), 0)
+    u = math.log(hi) - math.log(hi / lo) * torch.cumsum(frac, 0)
+    return torch.cat([z.new_tensor([hi]), torch.exp(u[:-1]), z.new_tensor([lo])])
 
 
 def logits_from_levels(levels: Tensor, lo: float, hi: float) -> np.ndarray:
@@ -208,7 +213,7 @@ class TunedSchedule:
     the sharpness search from the RMS fit)."""
 
     sigmas: Tensor
-    hyper: dict[str, float]
+    hyper: dict[str, float | list[float]]
     value: float
     start: str
     start_values: dict[str, float]
@@ -275,9 +280,7 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
                     * (1 + RMS_WALL * max(0.0, err / distance_cap - 1)))
         return err
 
-    starts = {name: make_sigmas(name, steps, lo, hi)[:-1] for name in START_SCHEDULES[family]}
-    if steps >= 2 and ref.x:  # the DP needs the reference's states: EDM family
-        starts["dp"] = dp_grid(ref, steps)
+    starts = start_grids(ref, family, steps, lo, hi)
     start_values = {name: objective(levels, free) for name, levels in starts.items()}
     start = min(start_values, key=start_values.__getitem__)
     n_z = steps - 2 if steps >= 3 else 0
@@ -314,6 +317,15 @@ def fit_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, proc
             start = min(sharp_starts, key=lambda name: sharp_starts[name][2])
             levels, coef, value = refine(*sharp_starts[start], max_evals // 2, cap)
     return TunedSchedule(torch.cat([levels, levels.new_zeros(1)]), coef, value, start, start_values, evaluations)
+
+
+def start_grids(ref: Reference, family: str, steps: int, lo: float, hi: float) -> dict[str, Tensor]:
+    """The positive levels a fit may start from: the family's ``START_SCHEDULES`` and, for the EDM family, the DP
+    grid along the reference."""
+    starts = {name: make_sigmas(name, steps, lo, hi)[:-1] for name in START_SCHEDULES[family]}
+    if steps >= 2 and ref.x:  # the DP needs the reference's states: EDM family
+        starts["dp"] = dp_grid(ref, steps)
+    return starts
 
 
 def tune_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, **options: object) -> Tensor:
