@@ -11,6 +11,7 @@ from .fastpath import accelerate
 from .guidance import Guided
 from .models import OneStepGenerator, ProcessModel, load_model, save_model, wrap_eps, wrap_v
 from .processes import make_process
+from .samplers.learned import learn_schedule
 from .samplers.tuning import tune_schedule
 from .sampling import generate, sample
 from .seeds import SeededNoise
@@ -18,4 +19,5 @@ from .seeds import SeededNoise
 __version__ = "0.1.0"
 
 __all__ = ["Guided", "OneStepGenerator", "ProcessModel", "SeededNoise", "UserError", "accelerate", "generate",
-           "load_model", "make_process", "sample", "save_model", "tune_schedule", "wrap_eps", "wrap_v"]
+           "learn_schedule", "load_model", "make_process", "sample", "save_model", "tune_schedule", "wrap_eps",
+           "wrap_v"]

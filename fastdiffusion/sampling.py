@@ -87,8 +87,7 @@ def check_sampler_args(sampler: str, nfe: int, hyper: dict, afs: bool = False) -
                         f"{', '.join(spec.hyper) or 'none'}")
     for key, value in hyper.items():  # a number (an integer where its default is one), or one per step
         if key in spec.per_step:
-            if value is not None and (isinstance(value, (str, bytes)) or len(torch.as_tensor(value).reshape(-1))
-                                      != steps or not bool(torch.as_tensor(value).isfinite().all())):
+            if value is not None and not _per_step_values(value, steps):
                 raise UserError(f"sampler '{sampler}' option {key} takes {steps} finite numbers at NFE {nfe}, one "
                                 f"per step (from `fastdiffusion tune --learn`)")
             continue
@@ -97,6 +96,15 @@ def check_sampler_args(sampler: str, nfe: int, hyper: dict, afs: bool = False) -
             raise UserError(f"--opt {key}={value}: sampler '{sampler}' option {key} takes "
                             f"{'an integer' if kind is numbers.Integral else 'a number'} (default {spec.hyper[key]})")
     return spec
+
+
+def _per_step_values(value: object, steps: int) -> bool:
+    """Whether ``value`` is a sequence (or tensor) of ``steps`` finite numbers."""
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return len(t) == steps and bool(t.isfinite().all())
 
 
 def check_grid(sigmas: Tensor | list[float], steps: int, what: str) -> Tensor:

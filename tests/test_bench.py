@@ -206,6 +206,17 @@ def test_trained_model_table_end_to_end_with_sampler_options(tmp_path, capsys):
             model.data_shape, "cpu"), max_evals=5, order=2, hf_tolerance=0.02)
     assert row["sigmas"] == want.sigmas.tolist() and row["sampler_options"] == {"order": 2}
     assert fitted["protocol"]["fit_objective"].endswith("outside), steeply penalised above 1.1 x the RMS fit's RMS")
+    # 'learned' rows for the samplers with per-step parameters only: the same fit as fd.learn_schedule's
+    assert cli_main(["bench", "samplers", str(run), "--samplers", "ipndm,dpmpp-2m", "--schedules", "learned", "--nfe",
+                     "4", "--seeds", "0-7", "--tuning-seeds", "100-103", "--learn-iterations", "3", "--batch", "8",
+                     "--threads", "2", "--out", str(tmp_path / "learned")]) == 0
+    learned = json.loads((tmp_path / "learned" / "model_samplers.json").read_text())
+    row, = learned["results"]
+    with torch.no_grad():
+        want = fd.learn_schedule(model, sampler="dpmpp-2m", nfe=4, iterations=3,
+                                 noise=SeededNoise([100, 101, 102, 103]).randn(model.data_shape, "cpu"))
+    assert (row["sampler"], row["sigmas"], row["hyper"]) == ("dpmpp-2m", want.sigmas.tolist(), want.hyper)
+    assert learned["protocol"]["learned_objective"].endswith("learned by Adam, 3 steps (samplers.learned)")
 
 
 def test_trained_model_table_of_a_psld_model_fits_its_time_grids(tmp_path, capsys):

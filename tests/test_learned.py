@@ -13,7 +13,7 @@ from fastdiffusion.data.gmm import GaussianMixture
 from fastdiffusion.errors import UserError
 from fastdiffusion.samplers import get_sampler, make_sigmas
 from fastdiffusion.samplers.counted import CountedModel, run_counted
-from fastdiffusion.samplers.learned import learn_schedule, learnable_samplers
+from fastdiffusion.samplers.learned import learnable_samplers
 from fastdiffusion.samplers.tuning import endpoint_distance, reference_solve
 
 # Nearly degenerate components (std 0.02 off a few axes): the hard case where a grid alone gains little.
@@ -31,7 +31,7 @@ def noise(seed: int, n: int) -> torch.Tensor:
 def learned():
     z = noise(1, 128)
     ref = reference_solve(DENOISE, z)
-    return z, ref, learn_schedule(DENOISE, sampler="dpmpp-2m", nfe=5, noise=z, reference=ref, iterations=100,
+    return z, ref, fd.learn_schedule(DENOISE, sampler="dpmpp-2m", nfe=5, noise=z, reference=ref, iterations=100,
                                   lr=0.03)
 
 
@@ -124,13 +124,14 @@ def test_learned_fit_refuses_what_it_cannot_learn():
     z = noise(1, 8)
     assert learnable_samplers() == ["dpmpp-2m", "dpmpp-3m"]
     with pytest.raises(UserError, match="'ipndm' has no per-step parameters to learn; choose one of dpmpp-2m"):
-        learn_schedule(DENOISE, sampler="ipndm", nfe=5, noise=z)
+        fd.learn_schedule(DENOISE, sampler="ipndm", nfe=5, noise=z)
     with pytest.raises(UserError, match="--iterations must be >= 1"):
-        learn_schedule(DENOISE, sampler="dpmpp-2m", nfe=5, noise=z, iterations=0)
+        fd.learn_schedule(DENOISE, sampler="dpmpp-2m", nfe=5, noise=z, iterations=0)
     with pytest.raises(UserError, match="option call_sigmas takes 5 finite numbers at NFE 5, one per step"):
         fd.sample(DENOISE, z, sampler="dpmpp-2m", nfe=5, call_sigmas=[1.0, 2.0])
-    with pytest.raises(UserError, match="option corrections takes 5 finite numbers"):
-        fd.sample(DENOISE, z, sampler="dpmpp-2m", nfe=5, corrections=[0.0, 0.0, float("nan"), 0.0, 0.0])
+    for bad in ([0.0, 0.0, float("nan"), 0.0, 0.0], 0.1, "x"):  # 0.1 and "x": what `--opt corrections=...` gives
+        with pytest.raises(UserError, match="option corrections takes 5 finite numbers"):
+            fd.sample(DENOISE, z, sampler="dpmpp-2m", nfe=5, corrections=bad)
 
 
 def test_tune_learn_then_sample_takes_the_learned_options(tmp_path):

@@ -291,6 +291,9 @@ def main(args: argparse.Namespace) -> dict:
                           "hf_energy": "mean squared 3x3 Laplacian at full resolution",
                           "teleport": args.teleport, "fit_objective": objective_description(model.family,
                                                                                             hf_tolerance),
+                          **({"learned_objective": f"{objective_description(model.family)}; learned by Adam, "
+                                                   f"{args.learn_iterations} steps (samplers.learned)"}
+                             if "learned" in schedules else {}),
                           **({"data_stats": data_stats.describe()} if data_stats else {}),
                           "fast_path": "bf16 autocast, channels_last, no compile" if d.device.type == "cuda" else
                           "fp32 eager", **provenance(d.device)}

@@ -11,6 +11,7 @@ noise. The fitted values travel as the sampler's per-step options ``call_sigmas`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -87,21 +88,21 @@ def learn_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, pr
     for _ in tqdm(range(iterations), desc=f"learn {sampler} {nfe} NFE", disable=not progress, leave=False):
         with torch.enable_grad():  # callers sample under no_grad
             loss = run(levels_from_logits(logits, lo, hi), shifts, scales)
-        if not torch.isfinite(loss):  # a diverging step: back to the best iterate, Adam's moments kept
-            with torch.no_grad():
-                for p, b in zip(params, best[1], strict=True):
-                    p.copy_(b)
-            continue
-        if float(loss.detach()) < best[0]:
-            best = (float(loss.detach()), [p.detach().clone() for p in params])
-        opt.zero_grad()
-        with torch.enable_grad():
+            value = float(loss.detach())
+            if not math.isfinite(value):  # a diverging step: back to the best iterate, Adam's moments kept
+                with torch.no_grad():
+                    for p, b in zip(params, best[1], strict=True):
+                        p.copy_(b)
+                continue
+            if value < best[0]:
+                best = (value, [p.detach().clone() for p in params])
+            opt.zero_grad()
             loss.backward()
         opt.step()
     z, s, c = best[1]
     levels = levels_from_logits(z, lo, hi)
-    hyper = {} if torch.equal(s, torch.zeros_like(s)) and torch.equal(c, torch.zeros_like(c)) else {
-        "call_sigmas": (levels * torch.exp(s)).tolist(), "corrections": c.tolist()}
-    return TunedSchedule(torch.cat([levels, levels.new_zeros(1)]), hyper, best[0], start, start_values,
+    learned = {} if not (s.any() or c.any()) else {"call_sigmas": (levels * torch.exp(s)).tolist(),
+                                                    "corrections": c.tolist()}
+    return TunedSchedule(torch.cat([levels, levels.new_zeros(1)]), learned, best[0], start, start_values,
                          len(starts) + iterations)
 
