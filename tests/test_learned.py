@@ -120,6 +120,13 @@ def test_learned_fit_beats_the_grid_fit_on_fresh_noise(learned):
         error(sigmas=tuned.sigmas, **tuned.hyper), plain, error(sigmas=fitted))
 
 
+def test_learned_fit_at_two_calls_learns_the_levels_alone():
+    """NFE 2: no interior level and no second-order step (the corrections stay 0), the two call levels move."""
+    tuned = fd.learn_schedule(DENOISE, sampler="dpmpp-2m", nfe=2, noise=noise(1, 16), iterations=3)
+    assert tuned.sigmas.tolist() == [80.0, pytest.approx(0.002), 0.0]
+    assert tuned.hyper["corrections"] == [0.0, 0.0] and tuned.hyper["call_sigmas"] != [80.0, 0.002]
+
+
 def test_learned_fit_refuses_what_it_cannot_learn():
     z = noise(1, 8)
     assert learnable_samplers() == ["dpmpp-2m", "dpmpp-3m"]

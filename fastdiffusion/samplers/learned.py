@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..processes import Process
 from ..sampling import sample, sampling_range
-from .registry import get_sampler
+from .registry import SAMPLERS, get_sampler
 from .tuning import (
     Distance,
     Reference,
@@ -42,8 +42,6 @@ LEARNING_RATE = 0.02  # Adam's, for the logits, the log level shifts s_i and the
 
 def learnable_samplers() -> list[str]:
     """The samplers whose per-step options a learned fit sets (``PER_STEP``)."""
-    from .registry import SAMPLERS
-
     return sorted(name for name, spec in SAMPLERS.items() if set(PER_STEP) <= set(spec.per_step))
 
 
@@ -96,8 +94,9 @@ def learn_schedule(model: Callable, *, sampler: str, nfe: int, noise: Tensor, pr
                 continue
             if value < best[0]:
                 best = (value, [p.detach().clone() for p in params])
-            opt.zero_grad()
-            loss.backward()
+            # gradients of these parameters alone: the network's weights get none
+            for p, g in zip(params, torch.autograd.grad(loss, params, materialize_grads=True), strict=True):
+                p.grad = g
         opt.step()
     z, s, c = best[1]
     levels = levels_from_logits(z, lo, hi)

@@ -70,7 +70,9 @@ def dpmpp_multistep(denoiser: Denoise, x: Tensor, sigmas: Tensor, *, noise: Nois
     sig = sigmas.tolist()
     n_steps = len(sig) - 1
     # The step coefficients are floats unless a fit differentiates through them; then they stay on x's device.
-    device = sigmas.device if torch.is_grad_enabled() else torch.device("cpu")
+    fit = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
+                                          for t in (sigmas, call_sigmas, corrections))
+    device = sigmas.device if fit else torch.device("cpu")
     hls = -torch.log(sigmas[:n_steps].to(device))
     order = stable_order(order, hls.tolist())
     calls = sigmas if call_sigmas is None else torch.as_tensor(call_sigmas, dtype=sigmas.dtype)
