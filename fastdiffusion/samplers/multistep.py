@@ -198,10 +198,10 @@ register(SamplerSpec("ddim", ddim, one_call_per_step,
 DPMPP_PER_STEP = {"call_sigmas": None, "corrections": None}
 register(SamplerSpec("dpmpp-2m", dpmpp_2m, one_call_per_step,
                      "DPM-Solver++(2M): 2nd-order multistep, data prediction, in lambda = -ln sigma",
-                     schedule="logsnr", hyper=DPMPP_PER_STEP, per_step=tuple(DPMPP_PER_STEP)))
+                     schedule="logsnr", hyper=dict(DPMPP_PER_STEP), per_step=tuple(DPMPP_PER_STEP)))
 register(SamplerSpec("dpmpp-3m", dpmpp_3m, one_call_per_step,
                      "DPM-Solver++(3M): 3rd-order multistep, data prediction, in lambda = -ln sigma",
-                     schedule="logsnr", hyper=DPMPP_PER_STEP, per_step=tuple(DPMPP_PER_STEP)))
+                     schedule="logsnr", hyper=dict(DPMPP_PER_STEP), per_step=tuple(DPMPP_PER_STEP)))
 register(SamplerSpec("unipc", unipc, one_call_per_step,
                      "UniPC (bh2, data prediction) predictor-corrector, order up to 3 (option order=1..3)",
                      schedule="logsnr", hyper={"order": 3}))
