@@ -16,7 +16,10 @@
    speed-up is eager over compiled seconds per call (medians). A spec may end in a variant, which the cost fit
    leaves out: ``:regional`` compiles each U-Net block on its own instead (blocks of one shape share their code; no
    CUDA graphs); ``:freezing`` compiles with Inductor's ``freezing`` (weights folded in as constants, inference
-   only); ``:cudnn-all`` lets cuDNN's autotuner try every convolution algorithm (``benchmark_limit = 0``, not 10).
+   only); ``:cudnn-all`` lets cuDNN's autotuner try every convolution algorithm (``benchmark_limit = 0``, not 10);
+   ``:untuned`` compiles each pointwise kernel with one Triton configuration instead of benchmarking several
+   (``triton.autotune_pointwise = False``). Compiled runs record where the compile went (Dynamo's ``compile_times``:
+   tracing, lowering, Triton compiles, autotuning).
 4. **train**: the same for a training step of ``--train-net`` on ``--data`` at ``--batch``.
 5. **fifty**: issue 21's 50,000-sample target: a ``--fifty-net`` model (one training step: its weights do not change
    the time) sampled for ``--fifty-seeds`` at ``--fifty-batch`` by the automatic default on the cache that ``measure``
@@ -114,8 +117,10 @@ def worker_measure(out: Path, spec: str, calls: int, device: str) -> None:
 
     net, batch, res, ch, *mode = spec.split(":")
     batch, res, ch = int(batch), int(res), int(ch)
-    if mode not in ([], ["regional"], ["freezing"], ["cudnn-all"]):
-        raise SystemExit(f"--measure {spec}: unknown variant {':'.join(mode)} (regional, freezing or cudnn-all)")
+    options = {"freezing": {"freezing": True}, "untuned": {"triton.autotune_pointwise": False}}
+    if mode not in ([], ["regional"], ["cudnn-all"], *([k] for k in options)):
+        raise SystemExit(f"--measure {spec}: unknown variant {':'.join(mode)} (regional, freezing, cudnn-all or "
+                         "untuned)")
     if mode == ["cudnn-all"]:
         torch.backends.cudnn.benchmark_limit = 0
     torch.manual_seed(0)
@@ -135,7 +140,7 @@ def worker_measure(out: Path, spec: str, calls: int, device: str) -> None:
             if isinstance(block, UNetBlock):
                 block.compile(dynamic=False)
     else:
-        accelerate(compiled, device, compile=True, compile_options={"freezing": True} if mode == ["freezing"] else None)
+        accelerate(compiled, device, compile=True, compile_options=options.get(mode[0]) if mode else None)
     x = torch.randn(batch, ch, res, res, device=device)
     c_noise = torch.full((batch,), 0.25, device=device)
 
@@ -150,9 +155,13 @@ def worker_measure(out: Path, spec: str, calls: int, device: str) -> None:
     eager_s = statistics.median(_timed(call(eager), device) for _ in range(calls))
     first = [_timed(call(compiled), device) for _ in range(3)]
     compiled_s = statistics.median(_timed(call(compiled), device) for _ in range(calls))
+    import torch._dynamo.utils
+
+    names, seconds = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
     out.write_text(json.dumps({"spec": spec, "modules": modules, "params": params, "eager_s": eager_s,
                                "first_compiled_calls_s": first, "compiled_s": compiled_s,
-                               "compile_s": sum(first) - 3 * compiled_s, "speedup": eager_s / compiled_s}))
+                               "compile_s": sum(first) - 3 * compiled_s, "speedup": eager_s / compiled_s,
+                               "compile_phases_s": {n: float(v) for n, v in zip(names, seconds, strict=True)}}))
 
 
 def worker_train(out: Path, net: str, data: str, batch: int, calls: int, device: str) -> None:
