@@ -370,10 +370,8 @@ def loss_curves() -> None:
     def rms(a: list[float], b: list[float], start: int = 20) -> float:  # from step 200: after warm-up
         return math.sqrt(statistics.mean((x - y) ** 2 for x, y in zip(a[start:], b[start:], strict=True)))
 
-    info = load(HERE / "cunet" / "info-ddpmpp-small.json")
-    result = {"command": "bash benchmarks/perf/perf_gpu.sh (fastdiffusion train, 6 runs side by side)",
-              "device": info["device_name"], "torch": info["torch"],
-              "git_commit": "82968add9f37221aae944613617e7155a9e7ed42",
+    run = load(folder / "loss_provenance.json")  # written by the device script beside the logs it made
+    result = {**{k: run[k] for k in ("command", "device", "versions", "git_commit", "timestamp") if k in run},
               "setup": "ddpmpp-small, EDM, digits32 train split, batch 256, 600 steps, lr 1e-3, warm-up 200; "
                        "loss = mean of each 10-step log interval",
               "rms_seed_spread_fp32": rms(loss[("fp32", 0)], loss[("fp32", 1)]),
