@@ -77,7 +77,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         check_sampler_args,
         gaussian_options,
         generate,
-        model_family,
+        model_process,
         resolve_sampler,
         sampled_guidance,
     )
@@ -107,7 +107,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         out = write_samples(x, args.out, seeds)
         guidance = sampled_guidance(model, class_labels, args.guidance, interval, sampler=args.sampler, nfe=args.nfe,
                                     teleport=gaussian.get("teleport"), afs=args.afs, **schedule, **hyper)
-        notes = "".join(f"; {t}" for t in (describe_gaussian(gaussian, model_family(model)), describe(guidance)) if t)
+        level_name = model_process(model).level_name
+        notes = "".join(f"; {t}" for t in (describe_gaussian(gaussian, level_name), describe(guidance)) if t)
         print(f"wrote {len(seeds)} samples ({args.sampler}, {args.nfe} NFE{notes}) to {out}")
     distributed.teardown()
 

@@ -153,17 +153,17 @@ def check_gaussian_flags(args: argparse.Namespace) -> None:
         raise UserError("--data-stats is used only by --teleport and --afs: add one or drop --data-stats")
 
 
-def teleport_phrase(level: float, family: str) -> str:
-    """'teleport to sigma 10' (PSLD, whose levels are times: 'teleport to t = 0.3')."""
-    return f"teleport to t = {level:g}" if family == "psld" else f"teleport to sigma {level:g}"
+def teleport_phrase(level: float, level_name: str) -> str:
+    """'teleport to sigma = 10' (``level_name``: the process's, e.g. PSLD's 't')."""
+    return f"teleport to {level_name} = {level:g}"
 
 
-def describe_gaussian(options: dict, family: str) -> str:
-    """'analytic first step, teleport to sigma 10 (data statistics: digits16@train)' for protocols and messages."""
+def describe_gaussian(options: dict, level_name: str) -> str:
+    """'analytic first step, teleport to sigma = 10 (data statistics: digits16@train)' for protocols and messages."""
     if not options:
         return ""
     parts = (["analytic first step"] if options.get("afs") else []) + (
-        [teleport_phrase(options["teleport"], family)] if options.get("teleport") is not None else [])
+        [teleport_phrase(options["teleport"], level_name)] if options.get("teleport") is not None else [])
     source = options["data_stats"].info.get("source", "given") if "data_stats" in options else "given"
     return f"{', '.join(parts)} (data statistics: {source})"
 

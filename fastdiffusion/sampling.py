@@ -158,11 +158,13 @@ def sample(model: Callable, noise: Tensor, *, sampler: str | None = None, nfe: i
                          sigma_max=sigma_max, rho=rho, process=process, sigmas=sigmas, teleport=teleport, afs=afs,
                          **hyper)
     sampler, nfe, sigmas, start = plan.sampler, plan.nfe, plan.sigmas, plan.start
-    stats = gaussian_shortcuts(teleport, afs, data_stats, noise, plan.sigma_min, start)
+    level_name = model_process(model, process).level_name
+    stats = gaussian_shortcuts(teleport, afs, data_stats, noise, plan.sigma_min, start, level_name)
     guided = guided_model(model, plan.family, class_labels, guidance, noise.shape[0], guidance_interval)
     evals = nfe if class_labels is None else network_evaluations(
         nfe, guidance, guidance_interval, None if guidance_interval is None else network_levels(plan))
-    extra = "".join([" +1 analytic call" if afs else "", f" from sigma {teleport:g}" if teleport is not None else "",
+    start_at = f" from {level_name} {teleport:g}" if teleport is not None else ""
+    extra = "".join([" +1 analytic call" if afs else "", start_at,
                      f" ({evals} network evaluations)" if evals > nfe else ""])
     bar = tqdm(total=nfe, desc=f"{sampler} {nfe} NFE{extra}", disable=not progress, leave=False)
     show_compiling(model, bar)
@@ -293,21 +295,23 @@ def gaussian_options(teleport: float | None, afs: bool, data_stats: GaussianData
             "data_stats": resolve_data_stats(model_path, data_stats, model_data_shape(model))}
 
 
-def check_teleport_level(teleport: float, lo: float, start: float) -> None:
-    """A one-line UserError unless sigma_min ``lo`` < ``teleport`` < the prior's level ``start``."""
+def check_teleport_level(teleport: float, lo: float, start: float, level_name: str = "sigma") -> None:
+    """A one-line UserError unless the lowest level ``lo`` < ``teleport`` < the prior's level ``start``
+    (``level_name``: the process's, e.g. PSLD's 't')."""
     if not (math.isfinite(teleport) and lo < teleport < start):
-        raise UserError(f"--teleport {teleport:g}: give a noise level between sigma_min {lo:g} and sigma_max {start:g}")
+        raise UserError(f"--teleport {teleport:g}: give a noise level {level_name} between {level_name}_min {lo:g} "
+                        f"and {level_name}_max {start:g}")
 
 
 def gaussian_shortcuts(teleport: float | None, afs: bool, data_stats: GaussianDataStats | str | Path | None,
-                       noise: Tensor, lo: float, start: float) -> GaussianDataStats | None:
+                       noise: Tensor, lo: float, start: float, level_name: str = "sigma") -> GaussianDataStats | None:
     """The data statistics ``teleport`` / ``afs`` use, after checking the teleport level lies inside (sigma_min,
     sigma_max) and the statistics fit the noise's shape; None when neither is asked."""
     if teleport is None and not afs:  # data_stats alone change nothing (the CLI refuses --data-stats alone)
         return None
     what = "--teleport" if teleport is not None else "--afs"
     if teleport is not None:
-        check_teleport_level(teleport, lo, start)
+        check_teleport_level(teleport, lo, start, level_name)
     if data_stats is None:
         raise UserError(f"{what} needs the data's mean and covariance: pass data_stats (--data-stats DATA|FILE)")
     stats = data_stats if isinstance(data_stats, GaussianDataStats) else GaussianDataStats.load(data_stats)

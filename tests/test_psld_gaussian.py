@@ -135,5 +135,5 @@ def test_shortcuts_refuse_a_one_call_student_and_misfit_statistics():
     with pytest.raises(UserError, match="shape"):
         fd.sample(lambda z, t: torch.zeros_like(z), torch.randn(2, 1, 4, 4), process=PROC, teleport=0.5,
                   data_stats=STATS)
-    with pytest.raises(UserError, match="between sigma_min"):
+    with pytest.raises(UserError, match="between t_min"):
         fd.sample(lambda z, t: torch.zeros_like(z), torch.randn(2, 6), process=PROC, teleport=1.5, data_stats=STATS)

@@ -261,7 +261,7 @@ def test_sample_cli_teleport_and_afs_end_to_end(run_dir, tmp_path, capsys):
     out = tmp_path / "t.npz"
     args = ["sample", str(run_dir), "--seeds", "0-3", "--quiet"]
     assert main([*args, "--sampler", "dpmpp-2m", "--nfe", "3", "--teleport", "10", "--out", str(out)]) == 0
-    assert "dpmpp-2m, 3 NFE; teleport to sigma 10 (data statistics: digits@train)" in capsys.readouterr().out
+    assert "dpmpp-2m, 3 NFE; teleport to sigma = 10 (data statistics: digits@train)" in capsys.readouterr().out
     cached = run_dir / STATS_FILE  # computed from the run's recorded training data and cached in the run directory
     stats = GaussianDataStats.load(cached)
     assert stats.data_shape == (1, 8, 8) and stats.info["n"] == len(load_dataset("digits", split="train"))
@@ -300,7 +300,7 @@ def test_eval_cli_records_the_shortcuts_in_its_protocol(run_dir, tmp_path, capsy
     report = tmp_path / "r.json"
     assert main(["eval", str(run_dir), "--metrics", "fd-digits", "--n", "8", "--sampler", "euler", "--nfe", "2",
                  "--afs", "--teleport", "20", "--data-stats", "digits@test", "--quiet", "--out", str(report)]) == 0
-    assert "analytic first step, teleport to sigma 20" in capsys.readouterr().out
+    assert "analytic first step, teleport to sigma = 20" in capsys.readouterr().out
     pr = json.loads(report.read_text())["results"]["fd-digits"]["protocol"]
     assert pr["afs"] is True and pr["teleport"] == 20.0 and pr["nfe"] == 2
     assert pr["data_stats"]["source"] == "digits@test" and pr["data_stats"]["rank"] == 64

@@ -35,7 +35,14 @@ from ..samplers.tuning import (
     reference_solve,
     resolve_hf_tolerance,
 )
-from ..sampling import check_gaussian_family, check_sampler_args, check_teleport_level, generate, sampling_range
+from ..sampling import (
+    check_gaussian_family,
+    check_sampler_args,
+    check_teleport_level,
+    generate,
+    model_process,
+    sampling_range,
+)
 from ..seeds import SeededNoise, format_seeds, parse_seeds
 from .provenance import provenance
 
@@ -273,7 +280,7 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError("--data-stats is used only by the 'model+afs' schedule and --teleport: add one or drop "
                         "--data-stats")
     if args.teleport is not None:  # before the long reference solve
-        check_teleport_level(args.teleport, *sampling_range(model))
+        check_teleport_level(args.teleport, *sampling_range(model), model_process(model).level_name)
         if "learned" in schedules:
             raise UserError("--schedules learned: learned fits start from sigma_max; drop --teleport or 'learned'")
     data_stats = resolve_data_stats(args.model, args.data_stats, model.data_shape) if gaussian else None

@@ -99,7 +99,7 @@ def summary(report: dict) -> str:
         how = f"{pr['sampler']} {pr['nfe']} NFE, {pr['weights']}, " if pr.get("sampler") else ""
         how += f"{describe(pr)}, " if "guidance" in pr else ""
         how += "analytic first step, " if pr.get("afs") else ""
-        how += f"{teleport_phrase(pr['teleport'], pr['family'])}, " if pr.get("teleport") is not None else ""
+        how += f"{teleport_phrase(pr['teleport'], pr['level_name'])}, " if pr.get("teleport") is not None else ""
         how += f"n={pr['n_generated']} vs {pr.get('reference')}"
         lines.append(f"{name:<13} {text}   [{how}]")
     return "\n".join(lines)

@@ -144,7 +144,7 @@ def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, samp
         source = {"source": f"in-memory {type(obj).__name__}", "weights": "ema" if ema else "raw"}
     from ..fastpath import fast_path_of
     from ..guidance import classes_for_seeds, model_label_dim
-    from ..sampling import generate, model_family, sampled_guidance
+    from ..sampling import generate, model_process, sampled_guidance
 
     seed_list = _resolve_seeds(seeds, n)
     with torch.no_grad():
@@ -156,8 +156,9 @@ def load_source(obj: Any, n: int | None, seeds: str | Sequence[int] | None, samp
                 **sampled_guidance(model, guidance["class_labels"], guidance["guidance"], guidance["guidance_interval"],
                                    sampler=sampler, nfe=nfe, teleport=gaussian_kw.get("teleport"),
                                    afs=bool(gaussian_kw.get("afs")), **schedule_kw, **gen_options),
-                **({"family": model_family(model), "teleport": gaussian_kw["teleport"], "afs": gaussian_kw["afs"],
-                    "data_stats": gaussian_kw["data_stats"].describe()} if gaussian_kw else {}),
+                **({"level_name": model_process(model).level_name, "teleport": gaussian_kw["teleport"],
+                    "afs": gaussian_kw["afs"], "data_stats": gaussian_kw["data_stats"].describe()}
+                   if gaussian_kw else {}),
                 **({"sampler_options": gen_options} if gen_options else {})}
     classes = classes_for_seeds(guidance["class_labels"], seed_list, model_label_dim(model))
     if classes is not None and classes.ndim == 2:  # one-hot rows

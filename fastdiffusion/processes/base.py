@@ -52,6 +52,7 @@ class Process(Protocol):
 
     name: str
     family: str  # the samplers that integrate it: 'edm' (D(x, sigma) in sigma-space) or 'psld' (eps(z, t))
+    level_name: str  # what its noise levels are, in messages: 'sigma' (EDM family) or 't' (PSLD's times)
     state_groups: int  # channel groups of the diffused state per data channel: 1, or 2 for PSLD's (x, m)
     sigma_min: float
     sigma_max: float

@@ -34,6 +34,7 @@ class EDMFamily(ABC):
     Subclasses give ``precond``, ``scale``, ``sample_sigma``, ``loss_weight`` and ``sampling_range``."""
 
     family: ClassVar[str] = "edm"
+    level_name: ClassVar[str] = "sigma"
     state_groups: ClassVar[int] = 1
 
     @abstractmethod

@@ -123,6 +123,7 @@ class PSLD:
     name: str = "psld"
 
     family: ClassVar[str] = "psld"
+    level_name: ClassVar[str] = "t"
     state_groups: ClassVar[int] = 2  # the network sees and predicts (x, m): 2C channels
 
     def __post_init__(self) -> None:
