@@ -66,7 +66,7 @@ from ..training.config import setting
 from ..training.ema import EMA, ema_beta
 from ..training.lock import RunLock
 from ..training.logger import LOGGERS, check_logger
-from ..training.loop import (
+from ..training.steploop import (
     StepLoop,
     guarded_update,
     load_optimizer,
