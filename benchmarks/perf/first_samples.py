@@ -52,6 +52,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = ("cli", "measure", "train", "big", "fifty")  # in the order they run
+# Where a compile goes (Dynamo's compile_times; nested: tracing and the backend lie inside compile_inner, Triton's
+# compiles inside the wait, autotuning at the first run of each kernel).
+PHASES = ("_compile.compile_inner", "bytecode_tracing", "create_aot_dispatcher_function", "GraphLowering.codegen",
+          "async_compile.wait", "PyCodeCache.load_by_key_path", "CachingAutotuner.benchmark_all_configs")
 
 
 def _sync(device: str) -> None:
@@ -339,6 +343,9 @@ def summary(results: dict) -> str:
             lines.append(f"{key} {r.get('spec', r.get('net'))} ({r['modules']} modules) {r['cache']}: eager "
                          f"{r['eager_s'] * 1e3:.2f} ms, compiled {r['compiled_s'] * 1e3:.2f} ms (x{r['speedup']:.2f}), "
                          f"compile {r['compile_s']:.1f} s")
+            phases = r.get("compile_phases_s", {})
+            if phases:
+                lines.append("  " + ", ".join(f"{name} {phases[name]:.1f} s" for name in PHASES if name in phases))
     fifty_out = results.get("fifty", {})
     for r in fifty_out.get("runs", []):
         lines.append(f"{r['label']:<36} generate {r.get('generate_s') or float('nan'):7.2f} s  process "
