@@ -305,8 +305,8 @@ def check_teleport_level(teleport: float, lo: float, start: float, level_name: s
 
 def gaussian_shortcuts(teleport: float | None, afs: bool, data_stats: GaussianDataStats | str | Path | None,
                        noise: Tensor, lo: float, start: float, level_name: str = "sigma") -> GaussianDataStats | None:
-    """The data statistics ``teleport`` / ``afs`` use, after checking the teleport level lies inside (sigma_min,
-    sigma_max) and the statistics fit the noise's shape; None when neither is asked."""
+    """The data statistics ``teleport`` / ``afs`` use, after checking the teleport level lies inside (lo,
+    start) and the statistics fit the noise's shape; None when neither is asked."""
     if teleport is None and not afs:  # data_stats alone change nothing (the CLI refuses --data-stats alone)
         return None
     what = "--teleport" if teleport is not None else "--afs"
