@@ -107,13 +107,16 @@ def main() -> None:
         result = {**provenance(), "net": args.net, "batch": args.batch, "fast_path": trainer.fast.describe(),
                   "train_step": kernel_table(trainer.train_step, args.steps),
                   "train_step_copies": copy_sources(trainer.train_step, args.steps)}
-        model = accelerate(trainer.ema.model, trainer.dist.device)
+        # compile=True: the automatic rule would run a job of unknown length eagerly, not the path being profiled
+        model = accelerate(trainer.ema.model, trainer.dist.device, compile=True)
         x = torch.randn(args.sample_batch, *trainer.data.shape, device=trainer.dist.device)
         sigma = torch.ones(args.sample_batch, device=trainer.dist.device)
         with torch.no_grad():
             for _ in range(5):
                 model(x, sigma)
-            result["sample_call"] = {"batch": args.sample_batch, **kernel_table(lambda: model(x, sigma), args.steps),
+            result["sample_call"] = {"batch": args.sample_batch, "compiled": model.net.compiled,
+                                     "cuda_graphs": model.net.graphs,
+                                     **kernel_table(lambda: model(x, sigma), args.steps),
                                      "copies": copy_sources(lambda: model(x, sigma), args.steps)}
         trainer.close()
     atomic_write_json(args.out, result)
