@@ -366,6 +366,9 @@ def test_profile_net_and_info(capsys) -> None:
     assert p["parameters"] == sum(x.numel() for x in build_net("cunet-tiny", img_resolution=8, in_channels=1)
                                   .parameters())  # fmt: skip
     assert p["flops_per_call"]["4"] == 4 * p["flops_per_call"]["1"] > 0
+    by_op = p["flops_per_image_by_operator"]
+    assert sum(by_op.values()) == p["flops_per_call"]["1"] and list(by_op)[0] == "convolution"
+    assert list(by_op.values()) == sorted(by_op.values(), reverse=True) and by_op.get("bmm", 0) > 0  # attention
     assert 0 < p["activation_bytes"]["1"] < p["activation_bytes"]["4"]
     assert all(isinstance(p["latency_s"][b], float) for b in ("1", "4")) and not p["skipped"]
     json.dumps(p)
@@ -378,6 +381,7 @@ def test_profile_net_and_info(capsys) -> None:
                               "--batches", "1", "--net-opt", "solver=euler"])  # fmt: skip
     out = info_net(args)
     assert out["net_config"]["solver"] == "euler"
-    assert "parameters" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "parameters" in printed and "FLOPs per image: convolution" in printed
     with pytest.raises(UserError, match="--cuda-graphs needs a CUDA device"):
         info_net(parser.parse_args(["--net", "cunet-tiny", "--device", "cpu", "--cuda-graphs"]))

@@ -30,7 +30,9 @@ from torch import Tensor, nn
 from fastdiffusion.errors import UserError
 from fastdiffusion.nets import build_net, net_config
 
-__all__ = ["profile_net", "add_info_arguments", "info_net", "count_flops", "saved_activation_bytes"]
+__all__ = [
+    "profile_net", "add_info_arguments", "info_net", "count_flops", "flops_by_operator", "saved_activation_bytes",
+]
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -52,8 +54,9 @@ def _inputs(cfg: dict, batch: int, device: torch.device | str) -> tuple[Tensor, 
     return torch.randn(shape, device=device), torch.zeros(batch, device=device)
 
 
-def count_flops(cfg: dict, batch: int = 1) -> int:
-    """FLOPs of one forward call at ``batch`` of the network ``build_net(**cfg)``, counted on the meta device."""
+def flops_by_operator(cfg: dict, batch: int = 1) -> dict[str, int]:
+    """FLOPs of one forward call at ``batch`` of the network ``build_net(**cfg)`` per ATen operator (``convolution``,
+    ``bmm``, ...), largest first, counted on the meta device."""
     with torch.device("meta"):
         net = build_net(**cfg).eval()
         x, c = _inputs(cfg, batch, "meta")
@@ -61,7 +64,13 @@ def count_flops(cfg: dict, batch: int = 1) -> int:
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x, c)
-    return int(counter.get_total_flops())
+    counts = {str(op).removeprefix("aten."): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def count_flops(cfg: dict, batch: int = 1) -> int:
+    """FLOPs of one forward call at ``batch`` of the network ``build_net(**cfg)``, counted on the meta device."""
+    return sum(flops_by_operator(cfg, batch).values())
 
 
 def saved_activation_bytes(net: nn.Module, x: Tensor, c: Tensor) -> int:
@@ -136,7 +145,7 @@ def profile_net(
     result: dict[str, Any] = {
         "net": arch, "net_config": cfg, "device": str(dev), "device_name": device_name(dev),
         "torch": torch.__version__, "precision": "bf16" if bf16 else "fp32",
-        "parameters": None, "flops_per_call": {}, "flops_per_image": None,
+        "parameters": None, "flops_per_call": {}, "flops_per_image": None, "flops_per_image_by_operator": {},
         "activation_bytes": {}, "activation_method": "cuda peak" if dev.type == "cuda" else "saved tensors (fp32)",
         "latency_s": {}, "latency_stat": f"median of {repeats} calls after {warmup} warm-up, no grad"
                                          + (", CUDA graphs (torch.compile reduce-overhead)" if cuda_graphs else ""),
@@ -145,6 +154,7 @@ def profile_net(
     for b in batches:
         result["flops_per_call"][str(b)] = count_flops(cfg, b)
     result["flops_per_image"] = result["flops_per_call"][str(batches[0])] / batches[0]
+    result["flops_per_image_by_operator"] = flops_by_operator(cfg)
 
     net = build_net(**cfg).to(dev)
     result["parameters"] = sum(p.numel() for p in net.parameters())
@@ -228,6 +238,9 @@ def format_profile(p: dict[str, Any]) -> str:
         timing = f"{lat * 1e3:.2f} ms/call" if lat is not None else f"not timed: {p['skipped'].get(b, '?')}"
         lines.append(f"  batch {b:>5}: {_si(flops, 'FLOP')}/call, activations {_si(act, 'B') if act else '?'}, "
                      f"{timing}")  # fmt: skip
+    total = sum(p["flops_per_image_by_operator"].values())
+    lines.append("  FLOPs per image: " + ", ".join(f"{op} {_si(n, 'FLOP')} ({n / total:.1%})"
+                                                   for op, n in p["flops_per_image_by_operator"].items()))
     lines.append(f"  (FLOPs: FlopCounterMode on meta; activations: {p['activation_method']}; "
                  f"latency: {p['latency_stat']})")  # fmt: skip
     return "\n".join(lines)
