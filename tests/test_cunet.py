@@ -367,7 +367,7 @@ def test_profile_net_and_info(capsys) -> None:
                                   .parameters())  # fmt: skip
     assert p["flops_per_call"]["4"] == 4 * p["flops_per_call"]["1"] > 0
     by_op = p["flops_per_image_by_operator"]
-    assert sum(by_op.values()) == p["flops_per_call"]["1"] and list(by_op)[0] == "convolution"
+    assert sum(by_op.values()) == p["flops_per_image"] == p["flops_per_call"]["1"] and list(by_op)[0] == "convolution"
     assert list(by_op.values()) == sorted(by_op.values(), reverse=True) and by_op.get("bmm", 0) > 0  # attention
     assert 0 < p["activation_bytes"]["1"] < p["activation_bytes"]["4"]
     assert all(isinstance(p["latency_s"][b], float) for b in ("1", "4")) and not p["skipped"]

@@ -153,8 +153,8 @@ def profile_net(
     }  # fmt: skip
     for b in batches:
         result["flops_per_call"][str(b)] = count_flops(cfg, b)
-    result["flops_per_image"] = result["flops_per_call"][str(batches[0])] / batches[0]
     result["flops_per_image_by_operator"] = flops_by_operator(cfg)
+    result["flops_per_image"] = sum(result["flops_per_image_by_operator"].values())
 
     net = build_net(**cfg).to(dev)
     result["parameters"] = sum(p.numel() for p in net.parameters())
@@ -238,8 +238,7 @@ def format_profile(p: dict[str, Any]) -> str:
         timing = f"{lat * 1e3:.2f} ms/call" if lat is not None else f"not timed: {p['skipped'].get(b, '?')}"
         lines.append(f"  batch {b:>5}: {_si(flops, 'FLOP')}/call, activations {_si(act, 'B') if act else '?'}, "
                      f"{timing}")  # fmt: skip
-    total = sum(p["flops_per_image_by_operator"].values())
-    lines.append("  FLOPs per image: " + ", ".join(f"{op} {_si(n, 'FLOP')} ({n / total:.1%})"
+    lines.append("  FLOPs per image: " + ", ".join(f"{op} {_si(n, 'FLOP')} ({n / p['flops_per_image']:.1%})"
                                                    for op, n in p["flops_per_image_by_operator"].items()))
     lines.append(f"  (FLOPs: FlopCounterMode on meta; activations: {p['activation_method']}; "
                  f"latency: {p['latency_stat']})")  # fmt: skip
